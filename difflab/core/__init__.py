@@ -1,0 +1,1 @@
+"""Layer 1: processes, denoiser wrappers and preconditioning, step grids."""

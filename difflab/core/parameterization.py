@@ -1,0 +1,223 @@
+"""Wrap any network, whatever it predicts and whatever process it was trained on, into the one
+denoiser convention ``denoiser(x, sigma, **cond) -> E[x0 | x]`` with x = x0 + sigma * eps (DESIGN.md).
+
+A network sees x_t = alpha x (the process's own scaling) and a time input; its output is converted to
+x0 exactly. With x_t = alpha x0 + sigma eps (alpha, sigma the process coefficients):
+
+    eps      : x0 = (x_t - sigma eps) / alpha
+    x0       : x0 = out
+    v        : x0 = (alpha x_t - sigma v) / (alpha^2 + sigma^2),   v = alpha eps - sigma x0  (Salimans & Ho 2022)
+    score    : x0 = (x_t + sigma^2 score) / alpha,                 score = -eps / sigma
+    velocity : x0 = (sigma' x_t - sigma u) / (alpha sigma' - alpha' sigma),  u = alpha' x0 + sigma' eps
+
+At sigma_ve = inf (zero terminal SNR) the input x stands for the unit noise (the limit of x / sigma),
+which is exactly the network input x_t there; v, x0 and velocity predictions stay exact, eps and score
+predictions cannot recover x0 at zero SNR.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from difflab.core.processes import Process
+from difflab.core.tensors import append_dims, as_tensor, unknown_name
+
+__all__ = ["PREDICTIONS", "TIME_INPUTS", "Denoiser", "EDMPrecond", "from_x0", "target", "to_x0"]
+
+PREDICTIONS = ("eps", "x0", "v", "score", "velocity")
+
+
+def _check_prediction(prediction: str) -> None:
+    if prediction not in PREDICTIONS:
+        raise unknown_name("prediction type", prediction, PREDICTIONS)
+
+
+def to_x0(
+    prediction: str,
+    out: Tensor,
+    x_t: Tensor,
+    alpha: Tensor,
+    sigma: Tensor,
+    alpha_dot: Tensor | None = None,
+    sigma_dot: Tensor | None = None,
+) -> Tensor:
+    """The x0 estimate implied by a network output ``out`` of the given prediction type at x_t."""
+    _check_prediction(prediction)
+    if prediction == "eps":
+        return (x_t - sigma * out) / alpha
+    if prediction == "x0":
+        return out
+    if prediction == "v":
+        return (alpha * x_t - sigma * out) / (alpha.square() + sigma.square())
+    if prediction == "score":
+        return (x_t + sigma.square() * out) / alpha
+    return (sigma_dot * x_t - sigma * out) / (alpha * sigma_dot - alpha_dot * sigma)
+
+
+def from_x0(
+    prediction: str,
+    x0: Tensor,
+    x_t: Tensor,
+    alpha: Tensor,
+    sigma: Tensor,
+    alpha_dot: Tensor | None = None,
+    sigma_dot: Tensor | None = None,
+) -> Tensor:
+    """The network output of the given prediction type that corresponds to the estimate x0 at x_t."""
+    _check_prediction(prediction)
+    if prediction == "x0":
+        return x0
+    eps = (x_t - alpha * x0) / sigma
+    return target(prediction, x0, eps, alpha, sigma, alpha_dot, sigma_dot)
+
+
+def target(
+    prediction: str,
+    x0: Tensor,
+    eps: Tensor,
+    alpha: Tensor,
+    sigma: Tensor,
+    alpha_dot: Tensor | None = None,
+    sigma_dot: Tensor | None = None,
+) -> Tensor:
+    """The regression target of each prediction type for x_t = alpha x0 + sigma eps."""
+    _check_prediction(prediction)
+    if prediction == "eps":
+        return eps
+    if prediction == "x0":
+        return x0
+    if prediction == "v":
+        return alpha * eps - sigma * x0
+    if prediction == "score":
+        return -eps / sigma
+    return alpha_dot * x0 + sigma_dot * eps
+
+
+TimeInput = Callable[[Tensor, Tensor], Tensor]
+
+TIME_INPUTS: dict[str, TimeInput] = {
+    "t": lambda t, sigma: t,
+    "t1000": lambda t, sigma: 1000 * t,
+    "t999": lambda t, sigma: 999 * t,
+    "sigma": lambda t, sigma: sigma,
+    "log_sigma": lambda t, sigma: sigma.log() / 4,
+}
+
+
+def _network_input(x: Tensor, s: Tensor, scale: Tensor) -> Tensor:
+    """x_t = scale * x, and at s = inf x itself (it holds the unit noise there)."""
+    return torch.where(torch.isinf(s), x, scale * x)
+
+
+def _batch_time(c: Tensor, x: Tensor) -> Tensor:
+    """A scalar time input becomes one per sample, as networks expect."""
+    return c.expand(x.shape[0]) if c.ndim == 0 else c
+
+
+class Denoiser(nn.Module):
+    """D(x, sigma) = E[x0 | x = x0 + sigma eps] from ``net(x_t, time, **cond)`` trained on ``process``.
+
+    ``time_input`` is what the network's time embedding was trained on: one of ``TIME_INPUTS`` ("t" is
+    the process time, e.g. the DDPM integer timestep) or a function ``(t, sigma) -> tensor``.
+    ``quantize`` rounds t to the nearest training timestep (discrete processes).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module | Callable[..., Tensor],
+        process: Process,
+        prediction: str = "eps",
+        time_input: str | TimeInput = "t",
+        quantize: bool = False,
+    ) -> None:
+        super().__init__()
+        _check_prediction(prediction)
+        if isinstance(time_input, str):
+            if time_input not in TIME_INPUTS:
+                raise unknown_name("time input", time_input, TIME_INPUTS)
+            time_input = TIME_INPUTS[time_input]
+        self.net, self.process, self.prediction = net, process, prediction
+        self.time_input, self.quantize = time_input, quantize
+
+    def coefficients(self, x: Tensor, sigma: Tensor) -> dict[str, Tensor]:
+        """Process coefficients at each sample's noise level, broadcast against x, in x's dtype."""
+        s = append_dims(as_tensor(sigma).to(x.device), x.ndim)
+        alpha, sig = self.process.coefficients(s)
+        coef = {"s": s, "alpha": alpha, "sigma": sig}
+        if self.prediction == "velocity":
+            t = self.process.t_of(s)
+            coef["alpha_dot"], coef["sigma_dot"] = (
+                self.process.alpha_dot(t),
+                self.process.sigma_dot(t),
+            )
+        return {k: v.to(x.dtype) for k, v in coef.items()}
+
+    def time(self, sigma: Tensor) -> Tensor:
+        """The network's time input at noise level sigma."""
+        t = self.process.t_of(sigma)
+        if self.quantize:
+            t = t.round()
+        return self.time_input(t, sigma)
+
+    def forward(self, x: Tensor, sigma: Tensor | float, **cond: Any) -> Tensor:
+        sigma = as_tensor(sigma).to(x.device)
+        c = self.coefficients(x, sigma)
+        x_t = _network_input(x, c["s"], c["alpha"])
+        out = self.net(x_t, _batch_time(self.time(sigma).to(x.dtype), x), **cond)
+        return to_x0(
+            self.prediction,
+            out,
+            x_t,
+            c["alpha"],
+            c["sigma"],
+            c.get("alpha_dot"),
+            c.get("sigma_dot"),
+        )
+
+    def target(self, x0: Tensor, eps: Tensor, sigma: Tensor) -> Tensor:
+        """What the network should output for x = x0 + sigma eps (its training target)."""
+        c = self.coefficients(x0, sigma)
+        return target(
+            self.prediction, x0, eps, c["alpha"], c["sigma"], c.get("alpha_dot"), c.get("sigma_dot")
+        )
+
+
+class EDMPrecond(nn.Module):
+    """EDM preconditioning (Karras et al. 2022, Table 1): D = c_skip x + c_out F(c_in x, c_noise),
+    c_skip = sd^2/(s^2+sd^2), c_out = s sd/sqrt(s^2+sd^2), c_in = 1/sqrt(s^2+sd^2), c_noise = ln(s)/4."""
+
+    def __init__(self, net: nn.Module | Callable[..., Tensor], sigma_data: float = 0.5) -> None:
+        super().__init__()
+        self.net, self.sigma_data = net, sigma_data
+
+    def coefficients(self, sigma: Tensor, ndim: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(c_skip, c_out, c_in), broadcast to ndim, exact at sigma = 0 and sigma = inf."""
+        s = append_dims(as_tensor(sigma), ndim)
+        r = self.sigma_data / s  # inf at s = 0, 0 at s = inf
+        c_skip = torch.reciprocal(1 + r.reciprocal().square())
+        c_out = self.sigma_data * torch.rsqrt(1 + r.square())
+        c_in = torch.rsqrt(s.square() + self.sigma_data**2)
+        return c_skip, c_out, c_in
+
+    def forward(self, x: Tensor, sigma: Tensor | float, **cond: Any) -> Tensor:
+        sigma = as_tensor(sigma).to(device=x.device, dtype=x.dtype)
+        c_skip, c_out, c_in = self.coefficients(sigma, x.ndim)
+        s = append_dims(sigma, x.ndim)
+        out = self.net(_network_input(x, s, c_in), _batch_time(sigma.log() / 4, x), **cond)
+        return torch.where(torch.isinf(s), 0.0, c_skip * x) + c_out * out
+
+    def target(self, x0: Tensor, eps: Tensor, sigma: Tensor) -> Tensor:
+        """F's training target (x0 - c_skip x) / c_out for x = x0 + sigma eps."""
+        sigma = as_tensor(sigma).to(device=x0.device, dtype=x0.dtype)
+        c_skip, c_out, _ = self.coefficients(sigma, x0.ndim)
+        x = x0 + append_dims(sigma, x0.ndim) * eps
+        return (x0 - c_skip * x) / c_out
+
+    def loss_weight(self, sigma: Tensor) -> Tensor:
+        """lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2, which makes the F-loss unit-weighted."""
+        sigma = as_tensor(sigma)
+        return (sigma.square() + self.sigma_data**2) / (sigma * self.sigma_data).square()
