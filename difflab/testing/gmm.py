@@ -135,7 +135,7 @@ class GaussianMixture:
         s = check_nonnegative(as_tensor(sigma, torch.float64).to(x.device))
         if s.ndim > 1 or (s.ndim == 1 and s.shape[0] not in (1, x.shape[0])):
             raise ValueError(f"sigma must be a scalar or one value per sample [{x.shape[0]}]")
-        s = s.reshape(-1, 1, 1) if s.ndim == 1 else s
+        s = s.reshape(-1, 1, 1)
         z = self._rotate(x[:, None, :] - self.means)
         v = self.variances + s.square()
         log_lik = -0.5 * (z.square() / v + torch.log(v) + _LOG_2PI).sum(-1)

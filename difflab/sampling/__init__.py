@@ -1,0 +1,6 @@
+"""Layer 2: samplers as plain functions ``sampler(denoiser, x, sigmas, *, generator, callback, **options)``,
+registered by name with their NFE, order and stochasticity (DESIGN.md)."""
+
+from difflab.sampling.registry import SamplerInfo, available, get, info, noise_source, register
+
+__all__ = ["SamplerInfo", "available", "get", "info", "noise_source", "register"]

@@ -1,0 +1,233 @@
+"""The sampler registry and the one calling convention (DESIGN.md):
+
+    x0 = sampler(denoiser, x, sigmas, *, generator=None, callback=None, cond=None, **options)
+
+A sampler is written as a *body* over a validated :class:`Grid`; :func:`register` wraps it into the
+public function, which validates its input once, handles a grid that starts at sigma = inf, and records
+the sampler's NFE, order and stochasticity.
+
+Starting at sigma = inf (zero terminal SNR): x then holds the unit noise (the limit of x / sigma), and
+every sampler's first interval is the exact-in-the-limit data-prediction step x_1 = D(x, inf) + sigma_1 x
+(1 NFE), after which it runs on the rest of the grid: NFE = 1 + nfe(steps - 1).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from difflab.core.tensors import as_tensor, check_finite, unknown_name
+
+__all__ = [
+    "Callback",
+    "Grid",
+    "SamplerInfo",
+    "available",
+    "get",
+    "info",
+    "register",
+]
+
+Callback = Callable[[int, float, Tensor, Tensor], None]
+
+
+class DenoiserFn(Protocol):
+    def __call__(self, x: Tensor, sigma: Tensor, **cond: Any) -> Tensor: ...
+
+
+class Grid:
+    """A validated noise-level grid: host floats for coefficients (no device sync per step) and a
+    device copy in x's dtype for the denoiser. ``denoise(x, i)`` evaluates D(x, sigma_i) and reports
+    it to the callback."""
+
+    def __init__(
+        self,
+        denoiser: DenoiserFn,
+        x: Tensor,
+        sigmas: Sequence[float],
+        cond: dict[str, Any] | None,
+        callback: Callback | None,
+        offset: int = 0,
+    ) -> None:
+        self.sigmas = [float(s) for s in sigmas]
+        self.steps = len(self.sigmas) - 1
+        self._dev = torch.tensor(self.sigmas, dtype=x.dtype, device=x.device)
+        self._denoiser, self._cond, self._callback = denoiser, cond or {}, callback
+        self._batch, self._offset = x.shape[0], offset
+
+    def __getitem__(self, i: int) -> float:
+        return self.sigmas[i]
+
+    def sigma(self, i: int) -> Tensor:
+        """sigma_i as a [B] view on x's device (no allocation, no sync)."""
+        return self._dev[i].expand(self._batch)
+
+    def denoise(self, x: Tensor, i: int, sigma: float | None = None, stage: bool = False) -> Tensor:
+        """D(x, sigma_i), or D(x, sigma) at an off-grid level. The callback sees the evaluations at
+        grid points that start a step; ``stage=True`` (or an off-grid sigma) marks an inner stage."""
+        if sigma is None:
+            s = self._dev[i].expand(self._batch)
+        else:
+            s = torch.full((self._batch,), sigma, dtype=x.dtype, device=x.device)
+        denoised = self._denoiser(x, s, **self._cond)
+        if self._callback is not None and sigma is None and not stage:
+            self._callback(i + self._offset, self.sigmas[i], x, denoised)
+        return denoised
+
+
+@dataclass(frozen=True)
+class SamplerInfo:
+    """What the registry knows of a sampler."""
+
+    name: str
+    fn: Callable[..., Tensor]
+    order: int
+    stochastic: bool
+    nfe_of_steps: Callable[[int], int]
+    summary: str
+
+    def nfe(self, steps: int, infinite_start: bool = False) -> int:
+        """Denoiser evaluations for a grid of ``steps`` intervals (ending in 0)."""
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        if infinite_start:  # the first interval is one data-prediction step (module docstring)
+            return 1 + (self.nfe_of_steps(steps - 1) if steps > 1 else 0)
+        return self.nfe_of_steps(steps)
+
+
+_REGISTRY: dict[str, SamplerInfo] = {}
+
+
+def _validate(x: Tensor, sigmas: Tensor | Sequence[float]) -> list[float]:
+    if not isinstance(x, Tensor) or x.ndim < 1:
+        raise ValueError("x must be a tensor [B, ...] (noise already multiplied by sigmas[0])")
+    if not x.is_floating_point():
+        raise ValueError(f"x must be floating point, got {x.dtype}")
+    check_finite(x, "x")
+    s = as_tensor(sigmas).detach().to("cpu", torch.float64)
+    if s.ndim != 1 or len(s) < 2:
+        raise ValueError(
+            f"sigmas must be a 1-D grid of at least 2 values, got shape {tuple(s.shape)}"
+        )
+    if bool(torch.isnan(s).any()) or bool((s < 0).any()):
+        raise ValueError("sigmas must be >= 0 and not NaN")
+    if bool(torch.isinf(s[1:]).any()):
+        raise ValueError("only sigmas[0] may be inf (zero terminal SNR)")
+    bad = torch.nonzero(s[1:] >= s[:-1]).flatten()
+    if len(bad):
+        i = int(bad[0])
+        raise ValueError(
+            f"sigmas must be strictly decreasing: sigmas[{i}] = {float(s[i]):g} <= sigmas[{i + 1}] = {float(s[i + 1]):g}"
+        )
+    return s.tolist()
+
+
+def register(
+    name: str,
+    *,
+    order: int,
+    nfe: Callable[[int], int] = lambda n: n,
+    stochastic: bool = False,
+    aliases: Sequence[str] = (),
+) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
+    """Register ``body(grid, x, *, noise, **options)`` as the public sampler ``name``.
+
+    ``noise()`` draws a standard normal tensor like x from the caller's generator(s) (stochastic
+    samplers only). ``nfe(n)`` is the exact denoiser-evaluation count for n intervals.
+    """
+
+    def wrap(body: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        accepted = {
+            p.name
+            for p in inspect.signature(body).parameters.values()
+            if p.kind == p.KEYWORD_ONLY and p.name != "noise"
+        }
+
+        def sampler(
+            denoiser: DenoiserFn,
+            x: Tensor,
+            sigmas: Tensor | Sequence[float],
+            *,
+            generator: torch.Generator | Sequence[torch.Generator] | None = None,
+            callback: Callback | None = None,
+            cond: dict[str, Any] | None = None,
+            **options: Any,
+        ) -> Tensor:
+            unknown = set(options) - accepted
+            if unknown:
+                raise unknown_name(f"option for sampler {name!r}", sorted(unknown)[0], accepted)
+            s = _validate(x, sigmas)
+            offset = 0
+            if math.isinf(s[0]):  # zero terminal SNR: x is the unit noise; see the module docstring
+                start = Grid(denoiser, x, s[:1], cond, callback)
+                x = start.denoise(x, 0) + s[1] * x
+                s, offset = s[1:], 1
+                if len(s) == 1:
+                    return x
+            grid = Grid(denoiser, x, s, cond, callback, offset)
+            extra = {"noise": noise_source(x, generator)} if stochastic else {}
+            return body(grid, x, **extra, **options)
+
+        sampler.__name__ = sampler.__qualname__ = name
+        sampler.__doc__ = body.__doc__
+        sampler.__module__ = body.__module__
+        summary = (body.__doc__ or name).strip().splitlines()[0]
+        entry = SamplerInfo(name, sampler, order, stochastic, nfe, summary)
+        for key in (name, *aliases):
+            if key in _REGISTRY:
+                raise ValueError(f"sampler name {key!r} registered twice")
+            _REGISTRY[key] = entry
+        return sampler
+
+    return wrap
+
+
+def noise_source(
+    x: Tensor, generator: torch.Generator | Sequence[torch.Generator] | None
+) -> Callable[[], Tensor]:
+    """Standard normal draws like x. A list of generators (one per sample) makes each sample's noise
+    independent of the batch it is in."""
+    if generator is None:
+        return lambda: torch.randn_like(x)
+    if isinstance(generator, torch.Generator):
+        g = generator
+        return lambda: torch.randn(x.shape, generator=g, dtype=x.dtype, device=g.device).to(
+            x.device
+        )
+    gens = list(generator)
+    if len(gens) != x.shape[0]:
+        raise ValueError(f"got {len(gens)} generators for a batch of {x.shape[0]}")
+    shape = x.shape[1:]
+    return lambda: torch.stack(
+        [torch.randn(shape, generator=g, dtype=x.dtype, device=g.device) for g in gens]
+    ).to(x.device)
+
+
+def available() -> list[str]:
+    """Registered sampler names (aliases included)."""
+    _load()
+    return sorted(_REGISTRY)
+
+
+def info(name: str) -> SamplerInfo:
+    """NFE, order and stochasticity of a sampler: ``info("heun").nfe(10) == 19``."""
+    _load()
+    if name not in _REGISTRY:
+        raise unknown_name("sampler", name, _REGISTRY)
+    return _REGISTRY[name]
+
+
+def get(name: str) -> Callable[..., Tensor]:
+    """The sampler function registered as ``name``."""
+    return info(name).fn
+
+
+def _load() -> None:
+    """Import the modules that register samplers (on first use, to keep import time small)."""
+    import difflab.sampling.samplers  # noqa: F401
