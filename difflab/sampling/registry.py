@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from difflab.core.tensors import as_tensor, check_finite, unknown_name
+from difflab.sampling.noise import randn
 
 __all__ = [
     "Callback",
@@ -191,22 +192,12 @@ def register(
 def noise_source(
     x: Tensor, generator: torch.Generator | Sequence[torch.Generator] | None
 ) -> Callable[[], Tensor]:
-    """Standard normal draws like x. A list of generators (one per sample) makes each sample's noise
-    independent of the batch it is in."""
+    """Standard normal draws like x, from one generator or one per sample (see sampling.noise)."""
     if generator is None:
         return lambda: torch.randn_like(x)
-    if isinstance(generator, torch.Generator):
-        g = generator
-        return lambda: torch.randn(x.shape, generator=g, dtype=x.dtype, device=g.device).to(
-            x.device
-        )
-    gens = list(generator)
-    if len(gens) != x.shape[0]:
-        raise ValueError(f"got {len(gens)} generators for a batch of {x.shape[0]}")
-    shape = x.shape[1:]
-    return lambda: torch.stack(
-        [torch.randn(shape, generator=g, dtype=x.dtype, device=g.device) for g in gens]
-    ).to(x.device)
+    if not isinstance(generator, torch.Generator) and len(generator) != x.shape[0]:
+        raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
+    return lambda: randn(x.shape, generator, x.dtype, x.device)
 
 
 def available() -> list[str]:

@@ -1,0 +1,1 @@
+"""Cross-layer utilities: atomic files, PNG rendering."""
