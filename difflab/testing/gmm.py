@@ -27,6 +27,11 @@ __all__ = ["FlowSolution", "GaussianMixture", "gaussian", "random_mixture", "rin
 _LOG_2PI = math.log(2 * math.pi)
 
 
+def _mix(log_r: Tensor, per_component: Tensor) -> Tensor:
+    """sum_k r_k v_k for responsibilities exp(log_r) [B, K] and v [B, K, d]."""
+    return (log_r.exp().unsqueeze(-1) * per_component).sum(1)
+
+
 @dataclass(frozen=True)
 class FlowSolution:
     """The probability-flow ODE solution (float64) and the integrator's work."""
@@ -118,11 +123,11 @@ class GaussianMixture:
 
     def _rotate(self, v: Tensor) -> Tensor:
         """U_k^T v for v [B, K, d]."""
-        return v if self.basis is None else torch.einsum("kdj,bkd->bkj", self.basis, v)
+        return v if self.basis is None else (v.unsqueeze(-2) @ self.basis).squeeze(-2)
 
     def _unrotate(self, v: Tensor) -> Tensor:
         """U_k v for v [B, K, d]."""
-        return v if self.basis is None else torch.einsum("kdj,bkj->bkd", self.basis, v)
+        return v if self.basis is None else (self.basis @ v.unsqueeze(-1)).squeeze(-1)
 
     # ------------------------------------------------------------------ the exact noised marginal
     def _components(
@@ -148,14 +153,14 @@ class GaussianMixture:
         """E[x0 | x] = sum_k r_k(x) (m_k + C_k (C_k + sigma^2 I)^-1 (x - m_k))."""
         z, v, log_r, _ = self._components(x, sigma)
         shrunk = self._unrotate(self.variances / v * z)
-        return torch.einsum("bk,bkd->bd", log_r.exp(), self.means + shrunk).to(x.dtype)
+        return _mix(log_r, self.means + shrunk).to(x.dtype)
 
     __call__ = denoise
 
     def score(self, x: Tensor, sigma: Tensor | float) -> Tensor:
         """grad_x log p_sigma(x) = -sum_k r_k (C_k + sigma^2 I)^-1 (x - m_k)."""
         z, v, log_r, _ = self._components(x, sigma)
-        return -torch.einsum("bk,bkd->bd", log_r.exp(), self._unrotate(z / v)).to(x.dtype)
+        return -_mix(log_r, self._unrotate(z / v)).to(x.dtype)
 
     def eps(self, x: Tensor, sigma: Tensor | float) -> Tensor:
         """E[eps | x] = (x - D(x)) / sigma = -sigma score, computed without dividing by sigma."""
@@ -177,7 +182,7 @@ class GaussianMixture:
         white = torch.randn(n, self.dim, dtype=torch.float64, generator=generator)
         white = white * self.variances[k].sqrt()
         if self.basis is not None:
-            white = torch.einsum("bdj,bj->bd", self.basis[k], white)
+            white = (self.basis[k] @ white.unsqueeze(-1)).squeeze(-1)
         x = self.means[k] + white
         return (x, k) if return_components else x
 
@@ -261,7 +266,7 @@ class GaussianMixture:
         big_s = A @ cov @ A.T + noise_cov
         gain = torch.linalg.solve(big_s, A @ cov).mT  # C A^T S^-1 (S, C symmetric)
         resid = y - self.means @ A.T
-        means = self.means + torch.einsum("kdm,km->kd", gain, resid)
+        means = self.means + (gain @ resid.unsqueeze(-1)).squeeze(-1)
         covs = cov - gain @ A @ cov
         covs = (covs + covs.mT) / 2
         chol = torch.linalg.cholesky(big_s)
@@ -315,11 +320,14 @@ def stiff(
     return GaussianMixture(weights, means, variances, labels=torch.arange(components))
 
 
-def random_mixture(dim: int, components: int, seed: int = 0, scale: float = 2.0) -> GaussianMixture:
-    """A random mixture with full covariances (random rotations, eigenvalues in [0.01, 1])."""
+def random_mixture(
+    dim: int, components: int, seed: int = 0, scale: float = 2.0, min_variance: float = 0.01
+) -> GaussianMixture:
+    """A random mixture with full covariances (random rotations, eigenvalues log-uniform in
+    [min_variance, 1]) and means ~ N(0, scale^2 I)."""
     g = torch.Generator().manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(components, dim, dim, generator=g, dtype=torch.float64))
-    lam = 10 ** (-2 * torch.rand(components, dim, generator=g, dtype=torch.float64))
+    lam = min_variance ** torch.rand(components, dim, generator=g, dtype=torch.float64)
     covs = q @ torch.diag_embed(lam) @ q.mT
     means = scale * torch.randn(components, dim, generator=g, dtype=torch.float64)
     weights = torch.rand(components, generator=g, dtype=torch.float64) + 0.2

@@ -1,0 +1,84 @@
+"""The command line: the main job, listings, and one-line errors with exit status 2."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from difflab.cli import main
+
+
+def test_sample_writes_png(tmp_path, capsys):
+    out = tmp_path / "ring.png"
+    assert (
+        main(["sample", "--model", "ring2d", "--steps", "8", "--n", "300", "--out", str(out)]) == 0
+    )
+    image = Image.open(out)
+    assert image.format == "PNG" and image.size[0] > 600
+    assert "8 NFE" in capsys.readouterr().out
+
+
+def test_sample_writes_npz_and_is_reproducible(tmp_path):
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    for path in (a, b):
+        assert (
+            main(
+                [
+                    "sample",
+                    "--model",
+                    "stiff64",
+                    "--steps",
+                    "4",
+                    "--n",
+                    "8",
+                    "--seed",
+                    "3",
+                    "--out",
+                    str(path),
+                ]
+            )
+            == 0
+        )
+    assert np.array_equal(np.load(a)["samples"], np.load(b)["samples"])
+    assert np.load(a)["samples"].shape == (8, 64)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--sampler", "dpmpp2m"], "unknown sampler 'dpmpp2m'"),
+        (["--schedule", "karas"], "unknown step grid 'karas'"),
+        (["--model", "mnist9"], "unknown model"),
+        (["--steps", "0"], "--steps must be >= 1"),
+        (["--out", "/nonexistent/dir/x.png"], "does not exist"),
+        (["--out", "x.jpg"], "must end in .png or .npz"),
+        (["--model", "stiff64"], "needs a 2-D model"),
+    ],
+)
+def test_errors_are_one_line_with_status_2(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["sample", "--n", "10", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err
+
+
+def test_listings(capsys):
+    assert main(["samplers"]) == 0
+    assert "dpmpp_2m" in capsys.readouterr().out
+    assert main(["schedules"]) == 0
+    assert "karras" in capsys.readouterr().out
+
+
+def test_check_sampler_imports_any_function(capsys):
+    assert main(["check-sampler", "difflab.sampling.samplers.ode:heun", "--steps", "16", "32"]) == 0
+    assert "measured order" in capsys.readouterr().out
+    assert main(["check-sampler", "nomodule:fn"]) == 2
+
+
+def test_python_dash_m():
+    done = subprocess.run(
+        [sys.executable, "-m", "difflab", "--help"], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "sample" in done.stdout

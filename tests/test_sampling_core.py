@@ -1,0 +1,156 @@
+"""The sampler registry's contract and the first samplers (Euler, Heun, DPM-Solver++(2M))."""
+
+import math
+
+import pytest
+import torch
+
+from difflab import sampling, schedules
+from difflab.core.processes import VPDiscrete
+from difflab.sampling.steps import final_step
+from difflab.testing import random_mixture, ring2d, stiff
+from difflab.testing.checks import (
+    CountingDenoiser,
+    batch_invariance,
+    check_sampler,
+    convergence_order,
+    nfe_count,
+)
+
+BASIC = {"euler": 1, "heun": 2, "dpmpp_2m": 2}
+
+
+@pytest.mark.parametrize("name", BASIC)
+def test_order(name):
+    order, errors = convergence_order(sampling.get(name), steps=(16, 32, 64, 128))
+    assert abs(order - BASIC[name]) <= 0.3, (order, errors)
+
+
+@pytest.mark.parametrize("name", BASIC)
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 7, 20])
+def test_nfe_is_exact(name, steps):
+    assert nfe_count(sampling.get(name), steps) == sampling.info(name).nfe(steps)
+
+
+@pytest.mark.parametrize("name", BASIC)
+def test_batch_invariance(name):
+    assert batch_invariance(sampling.get(name), stochastic=False) == 0
+
+
+def test_final_tau_step_beats_the_denoised_jump_on_the_exact_flow():
+    # from exactly on the flow at sigma_min, one final step into 0: Euler in sigma^2 is O(sigma^4)
+    for mix in (ring2d(), stiff(dim=16)):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(128, mix.dim, generator=g, dtype=torch.float64) * 20
+        truth = mix.ode(x, 20.0, 0.0).x
+        for smin in (0.01, 0.03):
+            xs = mix.ode(x, 20.0, smin).x
+            d = mix(xs, smin)
+            err = {
+                f: float((final_step(xs, d, f) - truth).norm(dim=1).mean())
+                for f in ("tau", "denoised")
+            }
+            assert err["tau"] < err["denoised"] / 5, err
+
+
+def test_final_step_rejects_unknown_policy():
+    with pytest.raises(ValueError, match="final step"):
+        final_step(torch.zeros(1), torch.zeros(1), "magic")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_dtype_is_kept(dtype):
+    mix = random_mixture(2, 2, seed=0)
+
+    def denoiser(x, sigma):  # the exact model evaluated in float64, answered in x's dtype
+        assert x.dtype == dtype and sigma.dtype == dtype
+        return mix(x.double(), sigma.double()).to(dtype)
+
+    sigmas = schedules.get("karras")(6, 0.01, 20.0)
+    x = torch.randn(4, 2, dtype=torch.float64).to(dtype) * 20
+    for name in BASIC:
+        out = sampling.get(name)(denoiser, x, sigmas)
+        assert out.dtype == dtype and torch.isfinite(out.float()).all()
+
+
+def test_zero_terminal_snr_start():
+    process = VPDiscrete(rescale_zero_terminal_snr=True)
+    sigmas = schedules.get("uniform_t")(8, process=process, spacing="trailing")
+    assert math.isinf(sigmas[0])
+    mix = random_mixture(2, 2, seed=0)
+    x = torch.randn(16, 2, dtype=torch.float64)  # at sigma = inf, x holds the unit noise
+    for name in BASIC:
+        counter = CountingDenoiser(mix)
+        out = sampling.get(name)(counter, x, sigmas)
+        assert torch.isfinite(out).all()
+        assert counter.calls == sampling.info(name).nfe(8, infinite_start=True)
+
+
+def test_callback_sees_each_step():
+    mix = random_mixture(2, 2, seed=0)
+    seen = []
+    sigmas = schedules.get("exponential")(5, 0.05, 10.0)
+    sampling.get("heun")(
+        mix,
+        torch.randn(3, 2, dtype=torch.float64) * 10,
+        sigmas,
+        callback=lambda i, s, x, d: seen.append((i, s)),
+    )
+    assert [i for i, _ in seen] == list(range(5))
+    assert [s for _, s in seen] == sigmas[:-1].tolist()
+
+
+def test_cond_reaches_the_denoiser():
+    got = {}
+
+    def denoiser(x, sigma, label):
+        got["label"] = label
+        return torch.zeros_like(x)
+
+    sampling.get("euler")(denoiser, torch.ones(2, 2), [1.0, 0.0], cond={"label": 3})
+    assert got["label"] == 3
+
+
+@pytest.mark.parametrize(
+    ("sigmas", "message"),
+    [
+        ([1.0], "at least 2"),
+        ([1.0, 2.0, 0.0], "strictly decreasing"),
+        ([1.0, -0.5], ">= 0"),
+        ([float("nan"), 0.0], ">= 0"),
+        ([2.0, float("inf"), 0.0], "only sigmas\\[0\\] may be inf"),
+    ],
+)
+def test_bad_grids_are_named(sigmas, message):
+    with pytest.raises(ValueError, match=message):
+        sampling.get("euler")(lambda x, s: x, torch.zeros(2, 2), sigmas)
+
+
+def test_bad_input_is_named():
+    sigmas = [1.0, 0.0]
+    with pytest.raises(ValueError, match="NaN or inf"):
+        sampling.get("euler")(lambda x, s: x, torch.full((2, 2), float("nan")), sigmas)
+    with pytest.raises(ValueError, match="floating point"):
+        sampling.get("euler")(lambda x, s: x, torch.zeros(2, 2, dtype=torch.long), sigmas)
+    with pytest.raises(ValueError, match="option for sampler 'euler'"):
+        sampling.get("euler")(lambda x, s: x, torch.zeros(2, 2), sigmas, eta=1.0)
+    with pytest.raises(ValueError, match="Did you mean 'dpmpp_2m'"):
+        sampling.get("dpmpp2m")
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        sampling.info("euler").nfe(0)
+
+
+def test_per_sample_generators_make_noise_batch_invariant():
+    together = sampling.randn((4, 3), sampling.generators(7, 4))
+    alone = sampling.randn((2, 3), sampling.generators(7, 2))
+    assert torch.equal(together[:2], alone)
+    assert not torch.equal(together[0], together[1])
+    with pytest.raises(ValueError, match="3 generators for a batch of 4"):
+        sampling.randn((4, 3), sampling.generators(0, 3))
+
+
+def test_check_sampler_report():
+    report = check_sampler(sampling.get("heun"), "heun", steps=(16, 32, 64))
+    assert abs(report.order - 2) < 0.3
+    assert report.nfe == {16: 32, 32: 64, 64: 128}
+    assert "measured order" in str(report)
