@@ -69,6 +69,14 @@ class Grid:
         """sigma_i as a [B] view on x's device (no allocation, no sync)."""
         return self._dev[i].expand(self._batch)
 
+    def evaluate(self, x: Tensor, sigma: Tensor, rows: Tensor | None = None) -> Tensor:
+        """D(x, sigma) at a noise level per sample; ``rows`` selects the samples of a sub-batch (and
+        the matching rows of per-sample conditioning tensors)."""
+        cond = self._cond
+        if rows is not None:
+            cond = {k: v[rows] if _per_sample(v, self._batch) else v for k, v in cond.items()}
+        return self._denoiser(x, sigma, **cond)
+
     def denoise(self, x: Tensor, i: int, sigma: float | None = None, stage: bool = False) -> Tensor:
         """D(x, sigma_i), or D(x, sigma) at an off-grid level. The callback sees the evaluations at
         grid points that start a step; ``stage=True`` (or an off-grid sigma) marks an inner stage."""
@@ -82,6 +90,10 @@ class Grid:
         return denoised
 
 
+def _per_sample(value: Any, batch: int) -> bool:
+    return isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == batch
+
+
 @dataclass(frozen=True)
 class SamplerInfo:
     """What the registry knows of a sampler."""
@@ -90,16 +102,20 @@ class SamplerInfo:
     fn: Callable[..., Tensor]
     order: int
     stochastic: bool
-    nfe_of_steps: Callable[[int], int]
+    nfe_of_steps: Callable[..., int]
     summary: str
+    adaptive: bool = False  # step count chosen at run time; the NFE is reported in ``stats``
 
-    def nfe(self, steps: int, infinite_start: bool = False) -> int:
-        """Denoiser evaluations for a grid of ``steps`` intervals (ending in 0)."""
+    def nfe(self, steps: int, infinite_start: bool = False, **options: Any) -> int:
+        """Denoiser evaluations for a grid of ``steps`` intervals (ending in 0). ``options``: the
+        sampler options its count depends on (e.g. ``restart_k``), for samplers whose rule takes them."""
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
+        if self.adaptive:
+            raise ValueError(f"{self.name} chooses its steps adaptively: its NFE is reported in stats")
         if infinite_start:  # the first interval is one data-prediction step (module docstring)
-            return 1 + (self.nfe_of_steps(steps - 1) if steps > 1 else 0)
-        return self.nfe_of_steps(steps)
+            return 1 + (self.nfe_of_steps(steps - 1, **options) if steps > 1 else 0)
+        return self.nfe_of_steps(steps, **options)
 
 
 _REGISTRY: dict[str, SamplerInfo] = {}
@@ -135,6 +151,7 @@ def register(
     order: int,
     nfe: Callable[[int], int] = lambda n: n,
     stochastic: bool = False,
+    adaptive: bool = False,
     aliases: Sequence[str] = (),
 ) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
     """Register ``body(grid, x, *, noise, **options)`` as the public sampler ``name``.
@@ -179,7 +196,7 @@ def register(
         sampler.__doc__ = body.__doc__
         sampler.__module__ = body.__module__
         summary = (body.__doc__ or name).strip().splitlines()[0]
-        entry = SamplerInfo(name, sampler, order, stochastic, nfe, summary)
+        entry = SamplerInfo(name, sampler, order, stochastic, nfe, summary, adaptive)
         for key in (name, *aliases):
             if key in _REGISTRY:
                 raise ValueError(f"sampler name {key!r} registered twice")
