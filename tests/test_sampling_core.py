@@ -154,3 +154,11 @@ def test_check_sampler_report():
     assert abs(report.order - 2) < 0.3
     assert report.nfe == {16: 32, 32: 64, 64: 128}
     assert "measured order" in str(report)
+
+
+def test_sampler_runs_under_torch_compile():
+    mix = random_mixture(2, 2, seed=0)
+    x = torch.randn(8, 2, dtype=torch.float64) * 20
+    sigmas = schedules.get("karras")(6, 0.01, 20.0)
+    compiled = torch.compile(sampling.get("dpmpp_2m"), backend="aot_eager")
+    assert torch.equal(compiled(mix, x, sigmas), sampling.get("dpmpp_2m")(mix, x, sigmas))

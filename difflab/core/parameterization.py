@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from difflab.core.processes import Process
-from difflab.core.tensors import append_dims, as_tensor, unknown_name
+from difflab.core.tensors import append_dims, as_tensor, broadcast_sigma, unknown_name
 
 __all__ = ["PREDICTIONS", "TIME_INPUTS", "Denoiser", "EDMPrecond", "from_x0", "target", "to_x0"]
 
@@ -55,7 +55,9 @@ def to_x0(
         return (alpha * x_t - sigma * out) / (alpha.square() + sigma.square())
     if prediction == "score":
         return (x_t + sigma.square() * out) / alpha
-    return (sigma_dot * x_t - sigma * out) / (alpha * sigma_dot - alpha_dot * sigma)
+    x0 = (sigma_dot * x_t - sigma * out) / (alpha * sigma_dot - alpha_dot * sigma)
+    # at sigma = 0 x_t is clean; sigma_dot may be 0 (VE) or inf (VP) there, which would give 0/0
+    return torch.where(sigma == 0, x_t / alpha, x0)
 
 
 def from_x0(
@@ -145,7 +147,7 @@ class Denoiser(nn.Module):
 
     def coefficients(self, x: Tensor, sigma: Tensor) -> dict[str, Tensor]:
         """Process coefficients at each sample's noise level, broadcast against x, in x's dtype."""
-        s = append_dims(as_tensor(sigma).to(x.device), x.ndim)
+        s = broadcast_sigma(as_tensor(sigma).to(x.device), x)
         alpha, sig = self.process.coefficients(s)
         coef = {"s": s, "alpha": alpha, "sigma": sig}
         if self.prediction == "velocity":
@@ -205,8 +207,8 @@ class EDMPrecond(nn.Module):
 
     def forward(self, x: Tensor, sigma: Tensor | float, **cond: Any) -> Tensor:
         sigma = as_tensor(sigma).to(device=x.device, dtype=x.dtype)
+        s = broadcast_sigma(sigma, x)
         c_skip, c_out, c_in = self.coefficients(sigma, x.ndim)
-        s = append_dims(sigma, x.ndim)
         out = self.net(_network_input(x, s, c_in), _batch_time(sigma.log() / 4, x), **cond)
         return torch.where(torch.isinf(s), 0.0, c_skip * x) + c_out * out
 

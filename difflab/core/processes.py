@@ -200,9 +200,16 @@ class VPDiscrete(_VariancePreserving):
     def num_train_timesteps(self) -> int:
         return len(self.alphas_cumprod)
 
+    def _on_table(self, t: Tensor, table: Tensor, value: Tensor) -> Tensor:
+        """The exact table entry at integer t (exp(log(s)) does not round-trip), else ``value``."""
+        tc = t.double().clamp(self.t_min, self.t_max)
+        i = tc.round()
+        return torch.where(tc == i, table[i.long()], value)
+
     def alpha(self, t: Tensor) -> Tensor:
         t = as_tensor(t)
         a = torch.rsqrt(1 + _interp(t, self._steps, self.log_sigmas).exp().square())
+        a = self._on_table(t, self.sqrt_alphas_cumprod, a)
         if self.zero_terminal_snr:  # the last interval is linear in alpha, ending at alpha = 0
             a_end = _interp(t, self._steps, self.sqrt_alphas_cumprod)
             a = torch.where(t > self.t_max - 1, a_end, a)
@@ -210,7 +217,7 @@ class VPDiscrete(_VariancePreserving):
 
     def sigma_ve(self, t: Tensor) -> Tensor:
         t = as_tensor(t)
-        s = _interp(t, self._steps, self.log_sigmas).exp()
+        s = self._on_table(t, self.sigmas, _interp(t, self._steps, self.log_sigmas).exp())
         if self.zero_terminal_snr:
             a = self.alpha(t).double()
             s = torch.where(t > self.t_max - 1, torch.sqrt((1 - a.square()) / a.square()), s)

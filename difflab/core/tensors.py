@@ -8,7 +8,14 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-__all__ = ["append_dims", "as_tensor", "check_finite", "check_nonnegative", "unknown_name"]
+__all__ = [
+    "append_dims",
+    "as_tensor",
+    "broadcast_sigma",
+    "check_finite",
+    "check_nonnegative",
+    "unknown_name",
+]
 
 
 def as_tensor(value: float | Iterable[float] | Tensor, dtype: torch.dtype | None = None) -> Tensor:
@@ -31,6 +38,21 @@ def append_dims(sigma: Tensor, ndim: int) -> Tensor:
             "per sample [B], or a shape that broadcasts against x from the left"
         )
     return sigma.reshape(*sigma.shape, *([1] * (ndim - sigma.ndim)))
+
+
+def broadcast_sigma(sigma: Tensor, x: Tensor) -> Tensor:
+    """sigma shaped to broadcast against x by the left-aligned rule, or a ValueError naming both shapes."""
+    s = append_dims(sigma, x.ndim)
+    try:
+        fits = torch.broadcast_shapes(s.shape, x.shape) == x.shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"sigma of shape {tuple(sigma.shape)} does not fit x of shape {tuple(x.shape)}: use a "
+            "scalar, one value per sample [B], or a shape matching x from the left"
+        )
+    return s
 
 
 def _check(ok: Tensor, message: str) -> None:
