@@ -7,7 +7,7 @@ import torch
 
 from difflab import sampling, schedules
 from difflab.core.processes import VPDiscrete
-from difflab.sampling.steps import final_step
+from difflab.sampling.steps import final_step, final_weight
 from difflab.testing import random_mixture, ring2d, stiff
 from difflab.testing.checks import (
     CountingDenoiser,
@@ -47,10 +47,25 @@ def test_final_tau_step_beats_the_denoised_jump_on_the_exact_flow():
             xs = mix.ode(x, 20.0, smin).x
             d = mix(xs, smin)
             err = {
-                f: float((final_step(xs, d, f) - truth).norm(dim=1).mean())
+                f: float((final_step(xs, d, f, smin) - truth).norm(dim=1).mean())
                 for f in ("tau", "denoised")
             }
             assert err["tau"] < err["denoised"] / 5, err
+
+
+def test_final_step_falls_back_to_the_jump_at_large_sigma():
+    # one step from sigma_max: Euler in sigma^2 would keep half the noise; the weighted step must not
+    assert final_weight(1e-4) == pytest.approx(0.5) and final_weight(1e4) == pytest.approx(
+        1, abs=1e-3
+    )
+    mix = stiff(dim=16)
+    x = torch.randn(256, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 80
+    truth = mix.ode(x, 80.0, 0.0).x
+    err = {
+        f: float((sampling.get("euler")(mix, x, [80.0, 0.0], final=f) - truth).norm(dim=1).mean())
+        for f in ("tau", "denoised")
+    }
+    assert err["tau"] <= err["denoised"], err
 
 
 def test_final_step_rejects_unknown_policy():

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 from torch import Tensor
 
-__all__ = ["FINAL_STEPS", "ddim_step", "final_step"]
+__all__ = ["FINAL_STEPS", "SIGMA_DATA", "ddim_step", "final_step", "final_weight"]
 
 FINAL_STEPS = ("tau", "denoised")
+SIGMA_DATA = 0.5  # the data scale the final step assumes (EDM's image convention)
 
 
 def ddim_step(x: Tensor, denoised: Tensor, sigma: float, sigma_next: float) -> Tensor:
@@ -14,15 +17,29 @@ def ddim_step(x: Tensor, denoised: Tensor, sigma: float, sigma_next: float) -> T
     return denoised + (sigma_next / sigma) * (x - denoised)
 
 
-def final_step(x: Tensor, denoised: Tensor, final: str = "tau") -> Tensor:
-    """The last interval sigma -> 0.
+def final_weight(sigma: float, sigma_data: float = SIGMA_DATA) -> float:
+    """w(r) = (1 + r - sqrt(1 + r)) / r, r = sigma^2 / sigma_data^2: the weight on D that maps x and D
+    exactly to x(0) for Gaussian data of variance sigma_data^2; 1/2 + r/8 as r -> 0, 1 as r -> inf."""
+    r = (sigma / sigma_data) ** 2
+    if r < 1e-6:
+        return 0.5 + r / 8
+    return (1 + r - math.sqrt(1 + r)) / r
 
-    "tau": Euler in tau = sigma^2, where the flow x(tau) is smooth: x(0) = x - tau dx/dtau = (x + D) / 2,
-    exact to O(sigma^4) (dx/dtau = (x - D) / (2 tau); D = x(0) - tau x'(0) + O(tau^2) along the flow).
-    "denoised": x(0) = D, the first-order jump of diffusers and k-diffusion, exact only to O(sigma^2).
+
+def final_step(
+    x: Tensor, denoised: Tensor, final: str = "tau", sigma: float | None = None
+) -> Tensor:
+    """The last interval sigma -> 0, from x and D(x, sigma).
+
+    "tau": along the flow x(tau) is smooth in tau = sigma^2 and D = x(0) - tau x'(0) + O(tau^2), so
+    Euler in tau, x(0) = (x + D) / 2, is exact to O(sigma^4) where the jump x(0) = D is only O(sigma^2).
+    Since that expansion needs sigma small against the data scale, the weight on D is w(sigma) of
+    :func:`final_weight` (1/2 for small sigma, -> 1 for large): x(0) = (1 - w) x + w D.
+    "denoised": x(0) = D, the first-order jump of diffusers and k-diffusion.
     """
     if final == "tau":
-        return (x + denoised) / 2
+        w = 0.5 if sigma is None else final_weight(sigma)
+        return (1 - w) * x + w * denoised
     if final == "denoised":
         return denoised
     raise ValueError(f"unknown final step {final!r}; valid: {', '.join(FINAL_STEPS)}")

@@ -90,5 +90,5 @@ def adaptive(
     if stats is not None:
         stats.update(nfe=calls, iterations=iterations, rejected=rejected, nfe_per_sample=per_sample)
     if grid.sigmas[-1] == 0:
-        x = final_step(x, x - k1, final)
+        x = final_step(x, x - k1, final, positive[-1])
     return x

@@ -126,7 +126,7 @@ def _adams(
         s, nxt = grid[i], grid[i + 1]
         denoised = grid.denoise(x, i)
         if nxt == 0:
-            return final_step(x, denoised, final)
+            return final_step(x, denoised, final, s)
         history.insert(0, (x - denoised).div_(s))
         w = weights(grid.sigmas, i, _step_order(grid, i, order, len(history), lower_order_final))
         x = x.add(history[0], alpha=w[0])
@@ -304,7 +304,7 @@ def unipc(
         m = grid.denoise(x, i)
         ms.insert(0, m)
         if nxt == 0:
-            return final_step(_combine(x, 1.0, pending, ms) if pending else x, m, final)
+            return final_step(_combine(x, 1.0, pending, ms) if pending else x, m, final, grid[i])
         p = _step_order(grid, i, order, len(ms), lower_order_final)
         ratio, c, d = _unipc_coefficients(grid.sigmas, i, p, variant)
         # the corrected x_c = x + sum pending m enters the predictor only as ratio x_c: fold it in

@@ -16,7 +16,11 @@ def euler(grid: Grid, x: Tensor, *, final: str = "tau") -> Tensor:
     for i in range(grid.steps):
         denoised = grid.denoise(x, i)
         nxt = grid[i + 1]
-        x = ddim_step(x, denoised, grid[i], nxt) if nxt > 0 else final_step(x, denoised, final)
+        x = (
+            ddim_step(x, denoised, grid[i], nxt)
+            if nxt > 0
+            else final_step(x, denoised, final, grid[i])
+        )
     return x
 
 
@@ -27,7 +31,7 @@ def heun(grid: Grid, x: Tensor, *, final: str = "tau") -> Tensor:
         s, nxt = grid[i], grid[i + 1]
         denoised = grid.denoise(x, i)
         if nxt == 0:
-            return final_step(x, denoised, final)
+            return final_step(x, denoised, final, grid[i])
         d = (x - denoised) / s
         x_pred = x + (nxt - s) * d
         d_next = (x_pred - grid.denoise(x_pred, i + 1, stage=True)) / nxt
@@ -44,7 +48,7 @@ def dpmpp_2m(grid: Grid, x: Tensor, *, final: str = "tau") -> Tensor:
         s, nxt = grid[i], grid[i + 1]
         denoised = grid.denoise(x, i)
         if nxt == 0:
-            return final_step(x, denoised, final)
+            return final_step(x, denoised, final, grid[i])
         h = math.log(s / nxt)
         d = denoised
         if prev is not None:
