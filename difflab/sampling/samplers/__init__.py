@@ -1,3 +1,3 @@
 """Sampler implementations; importing this package registers them."""
 
-from difflab.sampling.samplers import adaptive, multistep, ode  # noqa: F401
+from difflab.sampling.samplers import adaptive, multistep, ode, stochastic  # noqa: F401
