@@ -173,9 +173,9 @@ def cmd_samplers(args: argparse.Namespace) -> None:
     for name in sampling.available():
         i = sampling.info(name)
         alias = "" if i.name == name else f" (alias of {i.name})"
-        print(
-            f"{name:22} {i.order:5d} {i.nfe(10):8d} {'yes' if i.stochastic else 'no':>6}  {i.summary}{alias}"
-        )
+        nfe = "adaptive" if i.adaptive else str(i.nfe(10))
+        stoch = "yes" if i.stochastic else "no"
+        print(f"{name:22} {i.order:5d} {nfe:>8} {stoch:>6}  {i.summary}{alias}")
 
 
 def cmd_schedules(args: argparse.Namespace) -> None:
