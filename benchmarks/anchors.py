@@ -32,17 +32,11 @@ final denoising step D(x, sigma_min) (1 NFE, counted), since it stops at sigma_m
 from __future__ import annotations
 
 import copy
-import importlib.util
 import inspect
-import itertools
 import math
-import sys
-import types
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -50,6 +44,7 @@ from torch import Tensor
 
 from difflab import sampling, schedules
 from difflab.core.processes import VPDiscrete
+from difflab.testing.anchors import k_diffusion_sampling
 from difflab.testing.checks import CountingDenoiser
 
 __all__ = [
@@ -297,51 +292,6 @@ def difflab_methods(name: str, options: dict[str, Any], grids: list[str]) -> lis
 
 # ------------------------------------------------------------------------------------------------
 # k-diffusion
-
-
-@contextmanager
-def _stand_in_torchvision() -> Iterator[None]:
-    """Empty torchvision, torchvision.transforms(.functional) modules while the block runs, unless
-    torchvision is installed (k_diffusion.utils imports it for image helpers that are not used)."""
-    if importlib.util.find_spec("torchvision") is not None:
-        yield
-        return
-    names = ["torchvision", "torchvision.transforms", "torchvision.transforms.functional"]
-    modules = {n: types.ModuleType(n) for n in names}
-    for parent, child in itertools.pairwise(names):
-        setattr(modules[parent], child.rsplit(".", 1)[1], modules[child])
-    sys.modules.update(modules)
-    try:
-        yield
-    finally:
-        for n in names:
-            del sys.modules[n]
-
-
-def _load_file(name: str, path: Path) -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-@cache
-def k_diffusion_sampling() -> types.ModuleType:
-    """``k_diffusion.sampling``, loaded without the package ``__init__`` (which needs torchvision)."""
-    if "k_diffusion.sampling" in sys.modules:
-        return sys.modules["k_diffusion.sampling"]
-    spec = importlib.util.find_spec("k_diffusion")
-    if spec is None or spec.origin is None:
-        raise ImportError("k-diffusion is not installed (pip install k-diffusion==0.1.1 --no-deps)")
-    root = Path(spec.origin).parent
-    package = sys.modules.get("k_diffusion") or types.ModuleType("k_diffusion")
-    package.__path__ = [str(root)]
-    sys.modules["k_diffusion"] = package
-    if "k_diffusion.utils" not in sys.modules:
-        with _stand_in_torchvision():
-            package.utils = _load_file("k_diffusion.utils", root / "utils.py")
-    return _load_file("k_diffusion.sampling", root / "sampling.py")
 
 
 # name -> settings: (options, stochastic). eta = 0 turns the SDE samplers into ODE solvers.

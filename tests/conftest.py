@@ -1,7 +1,21 @@
-"""Test-suite settings."""
+"""Test-suite settings and shared fixtures."""
 
+import types
+
+import pytest
 import torch
+
+from difflab.testing.anchors import k_diffusion_sampling
 
 # The suite is dominated by small float64 tensors: one thread is faster there than two, and it keeps
 # timings sane on a shared 2-core machine.
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def k_diffusion() -> types.ModuleType:
+    """k-diffusion's sampling module (an anchor); the test is skipped where it is not installed."""
+    try:
+        return k_diffusion_sampling()
+    except ImportError as e:
+        pytest.skip(str(e))

@@ -6,10 +6,7 @@ diffusers, k-diffusion and ComfyUI (tests that skip when the library is missing)
 from __future__ import annotations
 
 import functools
-import importlib.util
 import math
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -325,55 +322,14 @@ def test_quadrature_solves_the_vandermonde_system():
 # agreement with other libraries on the exact model (float64)
 
 
-def _k_diffusion_sampling() -> types.ModuleType:
-    """k-diffusion's sampling module, loaded from its file: its package __init__ and utils import
-    torchvision; a stand-in utils with the one helper sampling uses replaces utils if it fails.
-    """
-    spec = importlib.util.find_spec("k_diffusion")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("k-diffusion is not installed")
-    root = spec.submodule_search_locations[0]
-    package = types.ModuleType("k_diffusion")
-    package.__path__ = [root]
-    saved = {k: sys.modules.get(k) for k in ("k_diffusion", "k_diffusion.utils")}
-    sys.modules["k_diffusion"] = package
-
-    def load(name: str) -> types.ModuleType:
-        file_spec = importlib.util.spec_from_file_location(
-            f"k_diffusion.{name}", f"{root}/{name}.py"
-        )
-        module = importlib.util.module_from_spec(file_spec)
-        sys.modules[f"k_diffusion.{name}"] = module
-        file_spec.loader.exec_module(module)
-        setattr(package, name, module)
-        return module
-
-    try:
-        try:
-            load("utils")
-        except ImportError:
-            utils = types.ModuleType("k_diffusion.utils")
-            utils.append_dims = lambda x, n: x[(...,) + (None,) * (n - x.ndim)]
-            sys.modules["k_diffusion.utils"] = package.utils = utils
-        return load("sampling")
-    except ImportError as e:
-        pytest.skip(f"k-diffusion's sampling module cannot be loaded: {e}")
-    finally:
-        for key, module in saved.items():
-            if module is None:
-                sys.modules.pop(key, None)
-            else:
-                sys.modules[key] = module
-
-
 def _start(n: int = 8, sigma: float = 10.0) -> tuple:
     mix = random_mixture(3, 3, seed=1)
     g = torch.Generator().manual_seed(0)
     return mix, mix.sample(n, generator=g) + sigma * torch.randn(n, 3, generator=g, dtype=F64)
 
 
-def test_lms_matches_k_diffusion():
-    kd = _k_diffusion_sampling()
+def test_lms_matches_k_diffusion(k_diffusion):
+    kd = k_diffusion
     mix, x = _start()
     above = schedules.karras(12, 0.05, 10.0)[:-1]  # ends at 0.05
     to_zero = schedules.karras(12, 0.05, 10.0)

@@ -5,12 +5,7 @@ mixture."""
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import math
-import pathlib
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -160,46 +155,9 @@ def test_noise_free_order_against_the_exact_flow(flow, name, options, order):
 # ------------------------------------------------------------------------- k-diffusion
 
 
-def _k_diffusion_sampling() -> types.ModuleType:
-    """k_diffusion.sampling loaded from its file (the package __init__ needs torchvision)."""
-    spec = importlib.machinery.PathFinder.find_spec("k_diffusion")  # sys.path, not sys.modules
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("k-diffusion is not installed")
-    root = pathlib.Path(next(iter(spec.submodule_search_locations)))
-    saved = {k: sys.modules.get(k) for k in ("k_diffusion", "k_diffusion.utils")}
-    package = types.ModuleType("k_diffusion")
-    package.__path__ = [str(root)]
-    sys.modules["k_diffusion"] = package
-
-    def load(name: str) -> types.ModuleType:
-        s = importlib.util.spec_from_file_location(f"k_diffusion.{name}", root / f"{name}.py")
-        module = importlib.util.module_from_spec(s)
-        sys.modules[s.name] = module
-        s.loader.exec_module(module)
-        return module
-
-    try:
-        try:
-            package.utils = load("utils")
-        except ImportError:  # utils imports torchvision too; sampling needs only append_dims
-            utils = types.ModuleType("k_diffusion.utils")
-            utils.append_dims = lambda t, n: t[(...,) + (None,) * (n - t.ndim)]
-            sys.modules["k_diffusion.utils"] = package.utils = utils
-        return load("sampling")
-    except ImportError as err:
-        pytest.skip(f"k_diffusion.sampling cannot load: {err}")
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                sys.modules.pop(key, None)
-            else:
-                sys.modules[key] = value
-        sys.modules.pop("k_diffusion.sampling", None)
-
-
 @pytest.mark.parametrize(("eta", "s_noise"), [(1.0, 1.0), (0.5, 0.8), (1.3, 1.0)])
-def test_euler_ancestral_matches_k_diffusion_with_the_same_noise(small, eta, s_noise):
-    k = _k_diffusion_sampling()
+def test_euler_ancestral_matches_k_diffusion_with_the_same_noise(small, eta, s_noise, k_diffusion):
+    k = k_diffusion
     mix, x, grid = small
     ours = sampling.get("euler_ancestral")(
         mix, x, grid, eta=eta, s_noise=s_noise, final="denoised", generator=seeded(3)
@@ -215,8 +173,8 @@ def test_euler_ancestral_matches_k_diffusion_with_the_same_noise(small, eta, s_n
     )
 
 
-def test_edm_matches_k_diffusion_heun_with_churn(small):
-    k = _k_diffusion_sampling()
+def test_edm_matches_k_diffusion_heun_with_churn(small, k_diffusion):
+    k = k_diffusion
     mix, x, grid = small
     options = dict(s_churn=5.0, s_tmin=0.0, s_tmax=math.inf, s_noise=1.01)
     torch.manual_seed(7)  # both draw torch.randn_like(x) once per step (every step is churned)
