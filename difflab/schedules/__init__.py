@@ -23,6 +23,7 @@ from difflab.core.grids import (
     uniform_t,
     vp,
 )
+from difflab.schedules.optimize import OptimizedGrid, optimize, optimize_family  # noqa: F401
 
 __all__ = [
     "Grid",

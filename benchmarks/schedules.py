@@ -1,0 +1,147 @@
+"""Optimized step grids against fixed ones, on exact Gaussian mixtures, with held-out noise.
+
+For each exact mixture (ring2d: 8 sharp modes in 2-D; stiff64: 64-D, per-axis std 0.03 .. 1), the
+endpoints sigma_max = 157.4 and sigma_min = 0.01 of the DDPM linear beta table
+(``VPDiscrete(schedule="linear")``), each sampler (euler, dpmpp_2m, unipc) and each NFE budget
+(4, 5, 6, 8, 10), the grids compared are:
+
+  fixed      karras (rho 7), exponential, kl_optimal, and uniform_t with diffusers' "trailing"
+             spacing on the VPDiscrete table (which stops above sigma_min by construction)
+  direct     difflab.schedules.optimize(method="direct") for that sampler and NFE
+  ays        difflab.schedules.optimize(method="ays"): Align Your Steps' KLUB (sampler-independent,
+             so computed once per mixture and step count)
+
+Each optimization sees only a calibration batch of starting noises (seed 0) and the exact
+probability-flow endpoints from them (mixture.ode); every error printed is on held-out noise (seed
+1): the RMSE over samples and coordinates of the sampler's endpoint against mixture.ode(x, sigma_max,
+0). "ratio" is the best optimized grid's error over the best fixed grid's (target: <= 0.7, i.e. at
+least 30% lower, at NFE <= 8).
+
+    .venv/bin/python benchmarks/schedules.py --quick   # ~3-5 min on 2 cores
+    .venv/bin/python benchmarks/schedules.py           # more samples and evaluations
+
+Tables go to stdout (markdown), progress bars to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+
+import torch
+from torch import Tensor
+
+from difflab.core.processes import VPDiscrete
+from difflab.sampling import get, info
+from difflab.schedules import get as get_grid
+from difflab.schedules import optimize
+from difflab.testing.gmm import GaussianMixture, ring2d, stiff
+
+SAMPLERS = ("euler", "dpmpp_2m", "unipc")
+BUDGETS = (4, 5, 6, 8, 10)
+FIXED = ("karras", "exponential", "kl_optimal", "uniform_t")
+
+
+def _noise(n: int, dim: int, sigma: float, seed: int) -> Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return sigma * torch.randn(n, dim, generator=g, dtype=torch.float64)
+
+
+def _steps(sampler: str, nfe: int) -> int:
+    entry, n = info(sampler), 1
+    while entry.nfe(n + 1) <= nfe:
+        n += 1
+    return n
+
+
+def _rmse(a: Tensor, b: Tensor) -> float:
+    return float((a - b).square().mean().sqrt())
+
+
+def run(args: argparse.Namespace) -> None:
+    process = VPDiscrete()
+    lo, hi = float(process.sigma_min), float(process.sigma_max)
+    mixtures: dict[str, tuple[GaussianMixture, int]] = {
+        "ring2d": (ring2d(), args.cal_ring),
+        "stiff64": (stiff(64), args.cal_stiff),
+    }
+    print(f"# Optimized step grids (sigma_max {hi:.1f}, sigma_min {lo:.4f}; held-out RMSE)\n")
+    summary = []
+    for name in args.mixtures:
+        mixture, n_cal = mixtures[name]
+        t0 = time.perf_counter()
+        cal = _noise(n_cal, mixture.dim, hi, 0)
+        held = _noise(args.held, mixture.dim, hi, 1)
+        exact = {id(x): mixture.ode(x, hi, 0.0, rtol=1e-8).x for x in (cal, held)}
+        cal_ays = cal[: args.ays_samples]
+        exact[id(cal_ays)] = exact[id(cal)][: args.ays_samples]
+
+        def reference(x: Tensor, exact: dict[int, Tensor] = exact) -> Tensor:
+            return exact[id(x)]
+
+        common = {
+            "sigma_min": lo, "sigma_max": hi, "reference": reference, "held_out": held,
+            "progress": not args.no_progress,
+        }  # fmt: skip
+        ays_grids = {}
+        for nfe in args.budgets:
+            steps = _steps("euler", nfe)
+            if steps >= 2 and steps not in ays_grids:
+                ays = optimize(
+                    mixture, "euler", nfe, cal_ays, method="ays",
+                    sweeps=args.sweeps, candidates=args.candidates, **common,
+                )  # fmt: skip
+                ays_grids[steps] = ays.sigmas
+        print(f"## {name}\n")
+        print("| sampler | NFE | " + " | ".join(FIXED) + " | direct | ays | ratio |")
+        print("|---|---:|" + "---:|" * (len(FIXED) + 3))
+        for sampler in args.samplers:
+            fn = get(sampler)
+            for nfe in args.budgets:
+                steps = _steps(sampler, nfe)
+                row: dict[str, float] = {}
+                for grid in FIXED:
+                    kw = {"process": process, "spacing": "trailing"} if grid == "uniform_t" else {}
+                    sigmas = get_grid(grid)(steps, **kw) if kw else get_grid(grid)(steps, lo, hi)
+                    row[grid] = _rmse(fn(mixture, held, sigmas), exact[id(held)])
+                row["direct"] = row["ays"] = math.nan
+                if steps >= 2:
+                    direct = optimize(
+                        mixture, sampler, nfe, cal, max_evals=args.max_evals, **common
+                    )
+                    row["direct"] = direct.held_out_error
+                    if steps in ays_grids:
+                        row["ays"] = _rmse(fn(mixture, held, ays_grids[steps]), exact[id(held)])
+                best_fixed = min(row[g] for g in FIXED)
+                best_opt = min(row["direct"], row["ays"])
+                ratio = best_opt / best_fixed
+                summary.append((name, sampler, nfe, ratio))
+                cells = " | ".join(f"{row[k]:.2e}" for k in (*FIXED, "direct", "ays"))
+                print(f"| {sampler} | {nfe} | {cells} | {ratio:.2f} |", flush=True)
+        print(f"\n({name}: {time.perf_counter() - t0:.0f} s)\n")
+    hits = [r for r in summary if r[2] <= 8]
+    met = sum(r[3] <= 0.7 for r in hits)
+    print(f"Target (>= 30% lower than the best fixed grid at NFE <= 8): met in {met}/{len(hits)}.")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer samples and evaluations")
+    parser.add_argument("--mixtures", nargs="+", default=["ring2d", "stiff64"])
+    parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS))
+    parser.add_argument("--budgets", nargs="+", type=int, default=list(BUDGETS))
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.cal_ring, args.cal_stiff, args.held, args.max_evals = 64, 24, 256, 120
+        args.ays_samples, args.sweeps, args.candidates = 24, 2, 6
+    else:
+        args.cal_ring, args.cal_stiff, args.held, args.max_evals = 256, 64, 1024, 400
+        args.ays_samples, args.sweeps, args.candidates = 64, 3, 12
+    run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,507 @@
+"""Optimized step grids: the sigma grid that minimizes a sampler's error for a model and NFE budget.
+
+Three searches share one machinery (:class:`_Problem`): a fixed calibration batch of starting noises,
+a high-NFE reference endpoint for each, and the sampler run on a candidate grid.
+
+- ``optimize(..., method="direct")``: min_grid RMSE(sampler(x, grid), reference(x)) over monotone grids
+  sigma_max -> sigma_min, parameterized by the cumulative softmax of free logits in log sigma.
+- ``optimize(..., method="ays")``: Align Your Steps (Sabour et al. 2024, arXiv:2404.14507): minimize
+  the KL-divergence upper bound (KLUB) of the first-order discretization, coarse to fine.
+- :func:`optimize_family`: 1-D search of a fixed family's shape parameter (Karras rho, exponential
+  with a time shift).
+
+Conventions: ``calibration`` (and ``held_out``) are batches of *starting noises* x = sigma_max * eps
+(DESIGN.md: "noise already multiplied by sigmas[0]"). The held-out batch defaults to
+sigma_max * randn(calibration.shape) drawn from ``seed + 1``; it is never seen by the search. Every
+result grid has ``steps + 1`` levels: sigma_max, strictly decreasing interior levels, sigma_min
+exactly, then 0, where ``steps`` is the most intervals the sampler can take within ``nfe``.
+
+The search is gradient-free (Nelder-Mead on the logits with a fixed initial simplex; golden section
+for families; AYS's own coordinate search): the sampler registry converts the grid to host floats,
+so autograd does not reach the sigmas, and a sampler's error is smooth but cheap enough in the few
+free levels (steps - 2) that a derivative-free search is both simpler and robust. Everything is
+deterministic, so one seed gives identical sigmas.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from difflab.core import grids as _grids
+from difflab.core.tensors import unknown_name
+
+__all__ = ["FIXED_GRIDS", "METHODS", "OptimizedGrid", "optimize", "optimize_family"]
+
+FIXED_GRIDS = ("karras", "exponential", "kl_optimal")  # the initializations and the baseline
+METHODS = ("direct", "ays")
+FAMILIES = ("karras", "exponential")
+_F64 = torch.float64
+_GAP_FLOOR = 1e-3  # each log-sigma gap keeps at least this fraction / (steps - 1) of the range
+
+
+@dataclass
+class OptimizedGrid:
+    """An optimized grid and how well it does, on the calibration batch and on held-out noise.
+
+    ``fixed`` maps each fixed grid name to (calibration error, held-out error); ``best_fixed`` is the
+    one with the smallest calibration error. Errors are the RMSE of the sampler's endpoint against the
+    reference endpoint from the same start.
+    """
+
+    sigmas: Tensor
+    sampler: str
+    nfe: int
+    method: str
+    calibration_error: float
+    held_out_error: float
+    fixed: dict[str, tuple[float, float]]
+    best_fixed: str
+    params: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def steps(self) -> int:
+        return len(self.sigmas) - 1
+
+    @property
+    def best_fixed_error(self) -> tuple[float, float]:
+        """(calibration, held-out) error of the best fixed grid."""
+        return self.fixed[self.best_fixed]
+
+    @property
+    def ratio(self) -> float:
+        """Held-out error relative to the best fixed grid's held-out error (< 1 is better)."""
+        return self.held_out_error / self.fixed[self.best_fixed][1]
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["sigmas"] = [float(s) for s in self.sigmas]
+        data["fixed"] = {k: list(v) for k, v in self.fixed.items()}
+        return json.dumps(data, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> OptimizedGrid:
+        data = json.loads(text)
+        missing = {f for f in cls.__dataclass_fields__ if f != "params"} - set(data)
+        if missing:
+            raise ValueError(f"OptimizedGrid JSON lacks {', '.join(sorted(missing))}")
+        data["sigmas"] = torch.tensor(data["sigmas"], dtype=_F64)
+        data["fixed"] = {k: (float(v[0]), float(v[1])) for k, v in data["fixed"].items()}
+        return cls(**data)
+
+
+# --------------------------------------------------------------------------------------------
+# the shared problem: calibration batch, references, error of a grid
+
+
+def _steps_for(sampler: str, nfe: int) -> int:
+    """The most intervals n with info(sampler).nfe(n) <= nfe (at least 2: sigma_max, sigma_min, 0)."""
+    from difflab.sampling import info
+
+    entry = info(sampler)
+    if entry.adaptive:
+        raise ValueError(f"sampler {sampler!r} chooses its own steps; it has no grid to optimize")
+    if isinstance(nfe, bool) or not isinstance(nfe, int):
+        raise ValueError(f"nfe must be an integer, got {nfe!r}")
+    steps = 0
+    while entry.nfe(steps + 1) <= nfe:
+        steps += 1
+        if steps > 10_000:
+            break
+    if steps < 2:
+        need = entry.nfe(2)
+        raise ValueError(
+            f"nfe={nfe} is too small for sampler {sampler!r}: a grid sigma_max -> sigma_min -> 0 "
+            f"has 2 steps and costs {need} NFE"
+        )
+    return steps
+
+
+class _Problem:
+    """Calibration and held-out starts, their reference endpoints, and errors of candidate grids."""
+
+    def __init__(
+        self,
+        denoiser: Callable[..., Tensor],
+        sampler: str,
+        nfe: int,
+        calibration: Tensor,
+        sigma_min: float,
+        sigma_max: float,
+        seed: int,
+        reference: str | Callable[[Tensor], Tensor],
+        reference_nfe: int,
+        held_out: Tensor | None,
+        sampler_options: dict[str, Any],
+    ) -> None:
+        from difflab.sampling import get, info
+
+        if not (0 < sigma_min < sigma_max < math.inf):
+            raise ValueError(
+                f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min}, "
+                f"sigma_max={sigma_max}"
+            )
+        if not isinstance(calibration, Tensor) or calibration.ndim < 1 or len(calibration) < 1:
+            raise ValueError("calibration must be a tensor [B, ...] of starting noises")
+        self.name, self.steps = sampler, _steps_for(sampler, nfe)
+        self.fn, self.stochastic = get(sampler), info(sampler).stochastic
+        self.denoiser, self.options, self.seed = denoiser, sampler_options, seed
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self.lo, self.hi = math.log(self.sigma_min), math.log(self.sigma_max)
+        self.x_cal = calibration
+        if held_out is None:
+            g = torch.Generator(device="cpu").manual_seed(seed + 1)
+            eps = torch.randn(calibration.shape, generator=g, dtype=_F64)
+            held_out = (self.sigma_max * eps).to(calibration.dtype).to(calibration.device)
+        self.x_held = held_out
+        if callable(reference):
+            self.reference = reference
+        else:
+            ref_fn = get(reference)
+            ref_grid = _grids.karras(reference_nfe, self.sigma_min, self.sigma_max)
+
+            def ref(x: Tensor) -> Tensor:
+                return ref_fn(denoiser, x, ref_grid.to(x.device))
+
+            self.reference = ref
+        self.ref_cal = self.reference(self.x_cal)
+        self.ref_held = self.reference(self.x_held)
+
+    def run(self, sigmas: Tensor, x: Tensor) -> Tensor:
+        extra: dict[str, Any] = {}
+        if self.stochastic:  # common random numbers: the same noise for every candidate grid
+            extra["generator"] = torch.Generator(device=x.device).manual_seed(self.seed)
+        return self.fn(self.denoiser, x, sigmas.to(x.device), **extra, **self.options)
+
+    def error(self, sigmas: Tensor, held: bool = False) -> float:
+        """RMSE over samples and coordinates of the endpoint against the reference endpoint."""
+        x, ref = (self.x_held, self.ref_held) if held else (self.x_cal, self.ref_cal)
+        out = self.run(sigmas, x)
+        err = float((out.double() - ref.double()).square().mean().sqrt())
+        return err if math.isfinite(err) else math.inf
+
+    def errors(self, sigmas: Tensor) -> tuple[float, float]:
+        return self.error(sigmas), self.error(sigmas, held=True)
+
+    def fixed(self) -> dict[str, tuple[float, float]]:
+        return {
+            name: self.errors(_grids.get(name)(self.steps, self.sigma_min, self.sigma_max))
+            for name in FIXED_GRIDS
+        }
+
+    # --- the monotone parameterization: logits -> log-sigma gaps (cumulative softmax)
+
+    def grid(self, logits: np.ndarray) -> Tensor:
+        """sigma_max, exp(hi - (hi - lo) cumsum(gap)), sigma_min, 0 with gap = softmax([logits, 0])
+        floored at _GAP_FLOOR / (steps - 1)."""
+        m = self.steps - 1
+        z = np.concatenate([np.asarray(logits, dtype=np.float64), [0.0]])
+        p = np.exp(z - z.max())
+        gaps = (1 - _GAP_FLOOR) * p / p.sum() + _GAP_FLOOR / m
+        levels = np.exp(self.hi - (self.hi - self.lo) * np.cumsum(gaps)[:-1])
+        return _assemble(levels, self.sigma_min, self.sigma_max)
+
+    def logits(self, sigmas: Tensor) -> np.ndarray:
+        """The inverse of :meth:`grid` for a grid sigma_max .. sigma_min, 0."""
+        logs = np.log(sigmas[:-1].double().cpu().numpy())
+        m = self.steps - 1
+        gaps = -np.diff(logs) / (self.hi - self.lo)
+        p = np.clip((gaps - _GAP_FLOOR / m) / (1 - _GAP_FLOOR), 1e-12, None)
+        return np.log(p[:-1] / p[-1])
+
+
+def _assemble(interior: np.ndarray | list[float], sigma_min: float, sigma_max: float) -> Tensor:
+    """[sigma_max, *interior, sigma_min, 0] with the endpoints exact; checks strict decrease."""
+    s = torch.tensor([sigma_max, *[float(v) for v in interior], sigma_min, 0.0], dtype=_F64)
+    if not bool((s[1:] < s[:-1]).all()):
+        raise RuntimeError(f"internal error: optimized grid is not strictly decreasing: {s}")
+    return s
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, file=sys.stderr, disable=not enabled, leave=False)
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise unknown_name("optimization method", method, METHODS)
+
+
+# --------------------------------------------------------------------------------------------
+# method="direct"
+
+
+def _scipy_optimize():
+    """scipy.optimize, an optional dependency of grid optimization."""
+    try:
+        import scipy.optimize
+    except ImportError:
+        raise ImportError(
+            "grid optimization needs scipy: pip install 'difflab[schedules]'"
+        ) from None
+    return scipy.optimize
+
+
+def _direct(
+    problem: _Problem, init: Tensor, max_evals: int, progress: bool
+) -> tuple[Tensor, dict[str, float]]:
+    """Nelder-Mead on the logits from the best fixed grid (fixed initial simplex: deterministic)."""
+    minimize = _scipy_optimize().minimize
+    x0 = problem.logits(init)
+    if len(x0) == 0:  # steps == 2: no interior level to move
+        return init, {}
+    cache: dict[bytes, float] = {}
+    bar = _progress(max_evals, f"direct {problem.name} {problem.steps} steps", progress)
+
+    def objective(z: np.ndarray) -> float:
+        key = np.asarray(z, dtype=np.float64).tobytes()
+        if key not in cache:
+            cache[key] = problem.error(problem.grid(z))
+            bar.update(1)
+            bar.set_postfix(best=f"{min(cache.values()):.3e}", refresh=False)
+        return cache[key]
+
+    simplex = np.vstack([x0, x0 + 0.5 * np.eye(len(x0))])
+    result = minimize(
+        objective,
+        x0,
+        method="Nelder-Mead",
+        options={
+            "initial_simplex": simplex,
+            "maxfev": max_evals,
+            "xatol": 1e-4,
+            "fatol": 0.0,
+            "adaptive": len(x0) > 3,
+        },
+    )
+    bar.close()
+    best = result.x if result.fun <= objective(x0) else x0
+    return problem.grid(best), {"evaluations": float(len(cache))}
+
+
+# --------------------------------------------------------------------------------------------
+# method="ays": KL upper bound, coordinate search, coarse to fine
+
+_GAUSS_NODES, _GAUSS_WEIGHTS = np.polynomial.legendre.leggauss(4)
+
+
+class _Klub:
+    """KLUB(s_0 > ... > s_m) = sum_i int_{s_{i+1}}^{s_i} E||D(x0 + s eps, s) - D(x0 + s_i eps, s_i)||^2
+    / s^3 ds (Sabour et al. 2024, eq. 7-8 for the VE/EDM SDE dx = -2 s grad log p ds + sqrt(2s) dw):
+    the KL divergence between the exact reverse SDE and the one whose denoiser is frozen at each
+    interval's start. x0 are the reference endpoints of the calibration noises (samples of the model),
+    eps one fixed draw from the seed (common random numbers), the integral 4-point Gauss-Legendre in
+    log s (the paper: Monte Carlo with importance sampling)."""
+
+    def __init__(self, problem: _Problem, samples: int) -> None:
+        x0 = problem.ref_cal[:samples]
+        g = torch.Generator(device="cpu").manual_seed(problem.seed + 2)
+        self.x0 = x0
+        self.eps = torch.randn(x0.shape, generator=g, dtype=_F64).to(x0.dtype).to(x0.device)
+        self.denoiser = problem.denoiser
+
+    def _d(self, s: float) -> Tensor:
+        sigma = torch.full((len(self.x0),), s, dtype=self.x0.dtype, device=self.x0.device)
+        return self.denoiser(self.x0 + s * self.eps, sigma)
+
+    def interval(self, s_hi: float, s_lo: float) -> float:
+        """int_{s_lo}^{s_hi} E||D(x_s, s) - D(x_{s_hi}, s_hi)||^2 / s^2 d(log s)."""
+        start = self._d(s_hi)
+        a, b = math.log(s_lo), math.log(s_hi)
+        total = 0.0
+        for node, weight in zip(_GAUSS_NODES, _GAUSS_WEIGHTS):
+            s = math.exp((a + b) / 2 + (b - a) / 2 * node)
+            diff = (self._d(s) - start).double().flatten(1).square().sum(1).mean()
+            total += (b - a) / 2 * weight * float(diff) / s**2
+        return total
+
+
+def _ays(
+    problem: _Problem, init: Tensor, sweeps: int, candidates: int, samples: int, progress: bool
+) -> tuple[Tensor, dict[str, float]]:
+    """Coarse to fine (Sabour et al. 2024, sec. 3.3): optimize a grid of about half the levels, refine
+    by log-linear interpolation, re-optimize; each sweep moves every interior level in turn to the
+    best of ``candidates`` log-spaced positions between its neighbours (twice, zooming in), as the
+    paper's iterative per-level search with its early stopping replaced by a fixed sweep count."""
+    klub = _Klub(problem, samples)
+    n = problem.steps  # positive levels
+    sizes = [n] if n <= 4 else [max(3, (n + 1) // 2), n]
+    log_levels = np.log(init[:-1].double().cpu().numpy())
+    log_levels = _loglinear(log_levels, sizes[0])
+    work = sum(sweeps * (size - 2) * 2 for size in sizes)
+    bar = _progress(work, f"ays {problem.steps} steps", progress)
+    for k, size in enumerate(sizes):
+        if k:
+            log_levels = _loglinear(log_levels, size)
+        for _ in range(sweeps):
+            for i in range(1, size - 1):
+                log_levels[i] = _best_level(klub, log_levels, i, candidates)
+                bar.update(1)
+    bar.close()
+    final = _assemble(np.exp(log_levels[1:-1]), problem.sigma_min, problem.sigma_max)
+    lvl = np.exp(log_levels)
+    value = sum(klub.interval(lvl[i], lvl[i + 1]) for i in range(len(lvl) - 1))
+    return final, {"klub": value}
+
+
+def _loglinear(log_levels: np.ndarray, size: int) -> np.ndarray:
+    """Resample decreasing log levels to ``size`` points, linear over linspace(0, 1) (AYS reference
+    ``loglinear_interp``)."""
+    xs = np.linspace(0, 1, len(log_levels))
+    return np.interp(np.linspace(0, 1, size), xs, log_levels)
+
+
+def _best_level(klub: _Klub, log_levels: np.ndarray, i: int, candidates: int) -> float:
+    """argmin over log s_i in (log s_{i+1}, log s_{i-1}) of the two adjacent intervals' KLUB."""
+    hi, lo = log_levels[i - 1], log_levels[i + 1]
+    a, b = lo, hi
+    best, best_val = log_levels[i], math.inf
+    for _ in range(2):
+        grid = np.linspace(a, b, candidates + 2)[1:-1]
+        for v in [*grid, best]:
+            val = klub.interval(math.exp(hi), math.exp(v)) + klub.interval(
+                math.exp(v), math.exp(lo)
+            )
+            if val < best_val:
+                best, best_val = float(v), val
+        width = (b - a) / (candidates + 1)
+        a, b = max(lo, best - width), min(hi, best + width)
+    margin = 1e-6 * (hi - lo)
+    return min(max(best, lo + margin), hi - margin)
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+
+
+def optimize(
+    denoiser: Callable[..., Tensor],
+    sampler: str,
+    nfe: int,
+    calibration: Tensor,
+    *,
+    sigma_min: float,
+    sigma_max: float,
+    method: str = "direct",
+    seed: int = 0,
+    reference: str | Callable[[Tensor], Tensor] = "dpmpp_3m",
+    reference_nfe: int = 256,
+    held_out: Tensor | None = None,
+    progress: bool = True,
+    sampler_options: dict[str, Any] | None = None,
+    **options: Any,
+) -> OptimizedGrid:
+    """The grid minimizing the endpoint error of ``sampler`` at ``nfe`` evaluations for ``denoiser``.
+
+    direct: min_z RMSE(sampler(x, grid(z)), ref(x)), grid(z) = exp(log s_max - log(s_max/s_min)
+    cumsum softmax(z)), over the calibration noises x (Nelder & Mead 1965); ays: min KLUB, Sabour et
+    al. 2024 "Align Your Steps" (see :class:`_Klub` and :func:`_ays` for what is simplified).
+
+    ``calibration``: starting noises x = sigma_max * eps, [B, ...]. ``reference``: a sampler name run
+    on a ``reference_nfe``-step Karras grid, or a callable x -> exact endpoint (e.g. a mixture's
+    ``ode``). ``held_out``: other starting noises for the reported held-out error (default: drawn
+    from ``seed + 1``). ``sampler_options`` go to the sampler. ``options``: direct ``max_evals``
+    (default 60 per free level, at least 200); ays ``sweeps`` (3), ``candidates`` (12), ``samples``
+    (calibration size). A stochastic sampler is evaluated with common random numbers (one generator
+    seeded with ``seed``). The search starts from the best of the fixed grids
+    (karras rho 7, exponential, kl_optimal) for this sampler and NFE, and the direct result is never
+    worse than it on the calibration batch.
+    """
+    _check_method(method)
+    allowed = {"direct": {"max_evals"}, "ays": {"sweeps", "candidates", "samples"}}[method]
+    for key in options:
+        if key not in allowed:
+            raise unknown_name(f"option for method {method!r}", key, allowed)
+    problem = _Problem(
+        denoiser, sampler, nfe, calibration, sigma_min, sigma_max, seed, reference,
+        reference_nfe, held_out, dict(sampler_options or {}),
+    )  # fmt: skip
+    fixed = problem.fixed()
+    best_fixed = min(fixed, key=lambda k: fixed[k][0])
+    init = _grids.get(best_fixed)(problem.steps, problem.sigma_min, problem.sigma_max)
+    if method == "direct":
+        max_evals = int(options.get("max_evals", max(200, 60 * (problem.steps - 2))))
+        sigmas, params = _direct(problem, init, max_evals, progress)
+    else:
+        sigmas, params = _ays(
+            problem,
+            init,
+            int(options.get("sweeps", 3)),
+            int(options.get("candidates", 12)),
+            int(options.get("samples", len(calibration))),
+            progress,
+        )
+    cal, held = problem.errors(sigmas)
+    return OptimizedGrid(sigmas, sampler, nfe, method, cal, held, fixed, best_fixed, params)
+
+
+def _family_grid(family: str, steps: int, lo: float, hi: float, p: float) -> Tensor:
+    """karras with rho = p; exponential with the ramp shifted r' = a r / (1 + (a - 1) r), a = e^p
+    (the SD3 time shift, Esser et al. 2024, applied to the log-sigma ramp)."""
+    if family == "karras":
+        return _grids.karras(steps, lo, hi, rho=p)
+    a = math.exp(p)
+    r = torch.linspace(0, 1, steps, dtype=_F64)
+    r = a * r / (1 + (a - 1) * r)
+    levels = torch.exp(math.log(hi) + r * (math.log(lo) - math.log(hi)))
+    return _assemble(levels[1:-1].tolist(), lo, hi)
+
+
+def optimize_family(
+    denoiser: Callable[..., Tensor],
+    sampler: str,
+    nfe: int,
+    calibration: Tensor,
+    *,
+    sigma_min: float,
+    sigma_max: float,
+    family: str = "karras",
+    bounds: tuple[float, float] | None = None,
+    seed: int = 0,
+    reference: str | Callable[[Tensor], Tensor] = "dpmpp_3m",
+    reference_nfe: int = 256,
+    held_out: Tensor | None = None,
+    progress: bool = True,
+    sampler_options: dict[str, Any] | None = None,
+) -> OptimizedGrid:
+    """min_p RMSE(sampler(x, family(p)), ref(x)) by bounded golden-section/Brent search in p: Karras
+    rho in [1, 20] (Karras et al. 2022, eq. 5), or log of the exponential grid's time shift in
+    [-3, 3] (Esser et al. 2024, eq. 23). Same calibration/held-out conventions as :func:`optimize`;
+    ``params`` holds the found ``rho`` or ``shift``."""
+    minimize_scalar = _scipy_optimize().minimize_scalar
+    if family not in FAMILIES:
+        raise unknown_name("grid family", family, FAMILIES)
+    problem = _Problem(
+        denoiser, sampler, nfe, calibration, sigma_min, sigma_max, seed, reference,
+        reference_nfe, held_out, dict(sampler_options or {}),
+    )  # fmt: skip
+    fixed = problem.fixed()
+    best_fixed = min(fixed, key=lambda k: fixed[k][0])
+    lo_b, hi_b = bounds or ((1.0, 20.0) if family == "karras" else (-3.0, 3.0))
+    bar = _progress(40, f"{family} {sampler} {problem.steps} steps", progress)
+
+    def objective(p: float) -> float:
+        bar.update(1)
+        return problem.error(_family_grid(family, problem.steps, sigma_min, sigma_max, p))
+
+    result = minimize_scalar(
+        objective, bounds=(lo_b, hi_b), method="bounded", options={"xatol": 1e-3, "maxiter": 40}
+    )
+    bar.close()
+    p = float(result.x)
+    sigmas = _family_grid(family, problem.steps, sigma_min, sigma_max, p)
+    cal, held = problem.errors(sigmas)
+    params = {"rho": p} if family == "karras" else {"shift": math.exp(p)}
+    return OptimizedGrid(
+        sigmas, sampler, nfe, f"family:{family}", cal, held, fixed, best_fixed, params
+    )

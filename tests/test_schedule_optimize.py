@@ -1,0 +1,142 @@
+"""Optimized step grids (difflab.schedules.optimize) judged on the exact ring2d mixture."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from difflab.schedules import optimize
+from difflab.schedules.optimize import OptimizedGrid, optimize_family
+from difflab.testing.gmm import ring2d
+
+SIGMA_MIN, SIGMA_MAX = 0.01, 80.0
+
+
+@functools.cache
+def _setup() -> tuple:
+    mixture = ring2d()
+    g = torch.Generator().manual_seed(0)
+    cal = SIGMA_MAX * torch.randn(128, 2, generator=g, dtype=torch.float64)
+    return mixture, cal
+
+
+@functools.cache
+def _direct() -> OptimizedGrid:
+    mixture, cal = _setup()
+    return optimize(
+        mixture, "dpmpp_2m", 6, cal, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, progress=False
+    )
+
+
+def _check_grid(sigmas: torch.Tensor, steps: int) -> None:
+    assert sigmas.dtype == torch.float64 and sigmas.shape == (steps + 1,)
+    assert bool((sigmas[1:] < sigmas[:-1]).all())
+    assert float(sigmas[0]) == SIGMA_MAX and float(sigmas[-2]) == SIGMA_MIN
+    assert float(sigmas[-1]) == 0.0
+
+
+def test_direct_beats_best_fixed_grid_on_held_out_noise() -> None:
+    result = _direct()
+    _check_grid(result.sigmas, 6)
+    assert result.sampler == "dpmpp_2m" and result.nfe == 6 and result.method == "direct"
+    best_held = min(held for _, held in result.fixed.values())
+    print(
+        f"\ndpmpp_2m 6 NFE held-out RMSE: optimized {result.held_out_error:.3e}, best fixed "
+        f"({result.best_fixed}) {result.best_fixed_error[1]:.3e}, ratio {result.ratio:.3f}"
+    )
+    assert result.calibration_error <= result.best_fixed_error[0]
+    assert result.held_out_error < best_held
+    assert result.ratio < 0.7
+
+
+def test_direct_is_reproducible() -> None:
+    mixture, cal = _setup()
+    runs = [
+        optimize(
+            mixture,
+            "euler",
+            5,
+            cal[:32],
+            sigma_min=SIGMA_MIN,
+            sigma_max=SIGMA_MAX,
+            seed=3,
+            max_evals=40,
+            progress=False,
+        )
+        for _ in range(2)
+    ]
+    _check_grid(runs[0].sigmas, 5)
+    assert torch.equal(runs[0].sigmas, runs[1].sigmas)
+    assert runs[0].held_out_error == runs[1].held_out_error
+
+
+def test_ays_grid_is_valid_and_reproducible() -> None:
+    mixture, cal = _setup()
+    runs = [
+        optimize(
+            mixture,
+            "dpmpp_2m",
+            6,
+            cal[:32],
+            sigma_min=SIGMA_MIN,
+            sigma_max=SIGMA_MAX,
+            method="ays",
+            sweeps=2,
+            candidates=8,
+            progress=False,
+        )
+        for _ in range(2)
+    ]
+    _check_grid(runs[0].sigmas, 6)
+    assert torch.equal(runs[0].sigmas, runs[1].sigmas)
+    assert runs[0].params["klub"] > 0 and runs[0].method == "ays"
+
+
+def test_heun_budget_and_family_search() -> None:
+    mixture, cal = _setup()
+    # heun: nfe(n) = 2n - 1, so 8 NFE buys 4 steps
+    result = optimize_family(
+        mixture, "heun", 8, cal[:32], sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, progress=False
+    )
+    _check_grid(result.sigmas, 4)
+    assert 1.0 <= result.params["rho"] <= 20.0
+    assert result.calibration_error <= result.fixed["karras"][0] * (1 + 1e-9)
+    shifted = optimize_family(
+        mixture, "euler", 4, cal[:32], sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX,
+        family="exponential", progress=False,
+    )  # fmt: skip
+    _check_grid(shifted.sigmas, 4)
+    assert shifted.calibration_error <= shifted.fixed["exponential"][0] * (1 + 1e-9)
+
+
+def test_json_round_trip() -> None:
+    result = _direct()
+    back = OptimizedGrid.from_json(result.to_json())
+    assert torch.equal(back.sigmas, result.sigmas)
+    assert back.fixed == result.fixed and back.best_fixed == result.best_fixed
+    assert back.held_out_error == result.held_out_error and back.ratio == result.ratio
+    with pytest.raises(ValueError, match="lacks"):
+        OptimizedGrid.from_json('{"sigmas": [1.0, 0.0]}')
+
+
+def test_clear_errors() -> None:
+    mixture, cal = _setup()
+    kw = {"sigma_min": SIGMA_MIN, "sigma_max": SIGMA_MAX, "progress": False}
+    with pytest.raises(ValueError, match="too small"):
+        optimize(mixture, "heun", 2, cal[:4], **kw)
+    with pytest.raises(ValueError, match="too small"):
+        optimize(mixture, "euler", 1, cal[:4], **kw)
+    with pytest.raises(ValueError, match="sigma_min < sigma_max"):
+        optimize(mixture, "euler", 4, cal[:4], sigma_min=80.0, sigma_max=80.0, progress=False)
+    with pytest.raises(ValueError, match="unknown sampler 'eulr'"):
+        optimize(mixture, "eulr", 4, cal[:4], **kw)
+    with pytest.raises(ValueError, match="unknown optimization method"):
+        optimize(mixture, "euler", 4, cal[:4], method="gradient", **kw)
+    with pytest.raises(ValueError, match="unknown option for method"):
+        optimize(mixture, "euler", 4, cal[:4], sweeps=2, **kw)
+    with pytest.raises(ValueError, match="unknown grid family"):
+        optimize_family(mixture, "euler", 4, cal[:4], family="beta", **kw)
+    with pytest.raises(ValueError, match="chooses its own steps"):
+        optimize(mixture, "adaptive", 4, cal[:4], **kw)
