@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import statistics
 import sys
@@ -56,6 +57,7 @@ from anchors import (
     diffusers_methods,
     exact_problem,
     k_diffusion_methods,
+    setting_label,
     sliced_w2,
     zero_cost_problem,
 )
@@ -440,6 +442,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--repeats", type=int, default=30, help="loop-overhead repeats (median)")
     p.add_argument("--no-overhead", action="store_true", help="skip the loop-overhead timing")
+    p.add_argument(
+        "--write-auto",
+        type=Path,
+        help="write the per-budget choice of difflab.sampling.auto (JSON; the package's copy is "
+        "difflab/sampling/auto.json)",
+    )
     return p.parse_args(argv)
 
 
@@ -473,6 +481,51 @@ def run_cases(args: argparse.Namespace, preset: Preset, log: Log) -> tuple[list[
     return sections, rows
 
 
+AUTO_GRIDS = {"karras", "exponential", "kl_optimal", "beta"}  # grids that need only the endpoints
+
+
+def write_auto(path: Path, rows: list[Row], budgets: list[int], preset: str) -> None:
+    """For each budget, the deterministic difflab (sampler, options, grid) whose RMSE, relative to the
+    best difflab RMSE of each case at that budget, has the smallest geometric mean over the cases."""
+    options = {(name, setting_label(opt)): opt for name, opt in difflab_variants()}
+    entries = []
+    for b in budgets:
+        pool = [
+            r for r in rows
+            if r.library == "difflab" and r.budget == b and not r.stochastic and r.grid in AUTO_GRIDS
+        ]  # fmt: skip
+        best_of_case = {c: min(r.rmse for r in pool if r.case == c) for c in {r.case for r in pool}}
+        scores: dict[tuple[str, str, str], list[float]] = {}
+        for r in pool:
+            scores.setdefault((r.sampler, r.setting, r.grid), []).append(
+                math.log(r.rmse / best_of_case[r.case])
+            )
+        full = {k: v for k, v in scores.items() if len(v) == len(best_of_case)}
+        if not full:
+            continue
+        (sampler, setting, grid), logs = min(full.items(), key=lambda kv: sum(kv[1]))
+        name, grid_options, _ = GRIDS[grid]
+        entries.append(
+            {
+                "nfe": b, "sampler": sampler, "options": options[(sampler, setting)],
+                "grid": name, "grid_options": grid_options,
+                "relative_rmse": round(math.exp(sum(logs) / len(logs)), 4),
+            }
+        )  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps(
+            {
+                "generated_by": f"python benchmarks/samplers.py --{preset} --write-auto {path}",
+                "cases": sorted({r.case for r in rows}),
+                "entries": entries,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     name = args.preset or "full"
@@ -500,6 +553,8 @@ def main(argv: list[str] | None = None) -> int:
             f"### Targets missed\n\n{missed}"
         )
         args.out.write_text("\n\n".join([header, *sections]) + "\n")
+    if args.write_auto:
+        write_auto(args.write_auto, rows, args.budgets, name)
     csv_path = args.csv or (args.out.with_suffix(".csv") if args.out else None)
     if csv_path:
         write_csv(csv_path, rows)
