@@ -112,7 +112,9 @@ class SamplerInfo:
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         if self.adaptive:
-            raise ValueError(f"{self.name} chooses its steps adaptively: its NFE is reported in stats")
+            raise ValueError(
+                f"{self.name} chooses its steps adaptively: its NFE is reported in stats"
+            )
         if infinite_start:  # the first interval is one data-prediction step (module docstring)
             return 1 + (self.nfe_of_steps(steps - 1, **options) if steps > 1 else 0)
         return self.nfe_of_steps(steps, **options)
