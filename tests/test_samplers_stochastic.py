@@ -59,7 +59,10 @@ def test_registry_entries():
 
 
 def test_noise_free_limits_are_the_ode_samplers(small):
+    # on a grid ending above 0: the deterministic samplers' final step into 0 also uses their
+    # trajectory's history (AB2 in sigma^2), which a noisy trajectory does not have
     mix, x, grid = small
+    grid = grid[:-1]
     get = sampling.get
     euler, heun = get("euler")(mix, x, grid), get("heun")(mix, x, grid)
     assert torch.equal(get("ddim_eta")(mix, x, grid, eta=0.0, generator=seeded()), euler)

@@ -6,7 +6,7 @@ import math
 
 from torch import Tensor
 
-__all__ = ["FINAL_STEPS", "SIGMA_DATA", "ddim_step", "final_step", "final_weight"]
+__all__ = ["FINAL_STEPS", "SIGMA_DATA", "ddim_step", "final_step", "final_weight", "previous_eps"]
 
 FINAL_STEPS = ("tau", "denoised")
 SIGMA_DATA = 0.5  # the data scale the final step assumes (EDM's image convention)
@@ -26,20 +26,42 @@ def final_weight(sigma: float, sigma_data: float = SIGMA_DATA) -> float:
     return (1 + r - math.sqrt(1 + r)) / r
 
 
+def previous_eps(last: tuple[Tensor, Tensor, float] | None) -> tuple[Tensor, float] | None:
+    """(eps, sigma) = ((x - D) / sigma, sigma) from a step's (x, D, sigma), for ``final_step``."""
+    if last is None:
+        return None
+    x, denoised, sigma = last
+    return (x - denoised) / sigma, sigma
+
+
 def final_step(
-    x: Tensor, denoised: Tensor, final: str = "tau", sigma: float | None = None
+    x: Tensor,
+    denoised: Tensor,
+    final: str = "tau",
+    sigma: float | None = None,
+    previous: tuple[Tensor, float] | None = None,
 ) -> Tensor:
     """The last interval sigma -> 0, from x and D(x, sigma).
 
     "tau": along the flow x(tau) is smooth in tau = sigma^2 and D = x(0) - tau x'(0) + O(tau^2), so
     Euler in tau, x(0) = (x + D) / 2, is exact to O(sigma^4) where the jump x(0) = D is only O(sigma^2).
     Since that expansion needs sigma small against the data scale, the weight on D is w(sigma) of
-    :func:`final_weight` (1/2 for small sigma, -> 1 for large): x(0) = (1 - w) x + w D.
+    :func:`final_weight` (1/2 for small sigma, -> 1 for large): x(0) = (1 - w) x + w D. With
+    ``previous`` = (eps, sigma) of the step before on the same trajectory, the step is Adams-Bashforth
+    2 in tau, f = dx/dtau = eps / (2 sigma): x(0) = x - tau f + tau^2/2 (f - f_p)/(tau - tau_p), its
+    correction faded out with w as sigma grows.
     "denoised": x(0) = D, the first-order jump of diffusers and k-diffusion.
     """
-    if final == "tau":
-        w = 0.5 if sigma is None else final_weight(sigma)
-        return (1 - w) * x + w * denoised
     if final == "denoised":
         return denoised
-    raise ValueError(f"unknown final step {final!r}; valid: {', '.join(FINAL_STEPS)}")
+    if final != "tau":
+        raise ValueError(f"unknown final step {final!r}; valid: {', '.join(FINAL_STEPS)}")
+    w = 0.5 if sigma is None else final_weight(sigma)
+    out = (1 - w) * x + w * denoised
+    if previous is not None and sigma is not None:
+        eps_p, sigma_p = previous
+        tau, tau_p = sigma * sigma, sigma_p * sigma_p
+        f = (x - denoised) / (2 * tau)
+        slope = (f - eps_p / (2 * sigma_p)) / (tau - tau_p)
+        out = out + (2 - 2 * w) * (tau * tau / 2) * slope
+    return out

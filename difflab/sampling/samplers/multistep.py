@@ -126,7 +126,8 @@ def _adams(
         s, nxt = grid[i], grid[i + 1]
         denoised = grid.denoise(x, i)
         if nxt == 0:
-            return final_step(x, denoised, final, s)
+            previous = (history[0], grid[i - 1]) if history else None
+            return final_step(x, denoised, final, s, previous)
         history.insert(0, (x - denoised).div_(s))
         w = weights(grid.sigmas, i, _step_order(grid, i, order, len(history), lower_order_final))
         x = x.add(history[0], alpha=w[0])
