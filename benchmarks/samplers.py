@@ -77,7 +77,7 @@ BETAS = {
 VARIANTS: dict[str, list[dict[str, Any]]] = {
     "euler": [{"final": "denoised"}],
     "dpmpp_2m": [{"final": "denoised"}],
-    "dpmpp_3m": [{"final": "denoised"}],
+    "dpmpp_3m": [{"final": "denoised"}, {"variant": "reference"}],
     "unipc": [{"order": 2}, {"variant": "bh1"}, {"corrector": False}, {"final": "denoised"}],
     "deis": [{"order": 2}],
     "adaptive": [{"rtol": r, "atol": r} for r in (1e-1, 3e-2, 1e-2, 3e-3, 3e-4, 1e-4)],

@@ -1,3 +1,9 @@
 """Sampler implementations; importing this package registers them."""
 
-from difflab.sampling.samplers import adaptive, multistep, ode, stochastic  # noqa: F401
+from difflab.sampling.samplers import (  # noqa: F401
+    adaptive,
+    exponential,
+    multistep,
+    ode,
+    stochastic,
+)
