@@ -82,3 +82,13 @@ def test_python_dash_m():
         [sys.executable, "-m", "difflab", "--help"], capture_output=True, text=True
     )
     assert done.returncode == 0 and "sample" in done.stdout
+
+
+def test_written_files_are_complete_and_not_private(tmp_path):
+    from difflab.utils.files import atomic_write_bytes
+
+    path = tmp_path / "a.bin"
+    atomic_write_bytes(path, b"old")
+    atomic_write_bytes(path, b"new")
+    assert path.read_bytes() == b"new" and path.stat().st_mode & 0o044  # readable by others
+    assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]  # no temporary left behind
