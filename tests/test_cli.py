@@ -1,5 +1,6 @@
 """The command line: the main job, listings, and one-line errors with exit status 2."""
 
+import os
 import subprocess
 import sys
 
@@ -88,7 +89,12 @@ def test_written_files_are_complete_and_not_private(tmp_path):
     from difflab.utils.files import atomic_write_bytes
 
     path = tmp_path / "a.bin"
-    atomic_write_bytes(path, b"old")
-    atomic_write_bytes(path, b"new")
-    assert path.read_bytes() == b"new" and path.stat().st_mode & 0o044  # readable by others
+    old_mask = os.umask(0o022)
+    try:
+        atomic_write_bytes(path, b"old")
+        atomic_write_bytes(path, b"new")
+    finally:
+        os.umask(old_mask)
+    assert path.read_bytes() == b"new"
+    assert path.stat().st_mode & 0o777 == 0o644  # as open() would make it, not mkstemp's 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]  # no temporary left behind
