@@ -11,6 +11,7 @@ import io
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -60,10 +61,35 @@ def _parser() -> argparse.ArgumentParser:
         default=10,
         help="number of grid intervals (NFE depends on the sampler)",
     )
-    s.add_argument("--schedule", default="karras", help="step grid name (see `difflab schedules`)")
+    s.add_argument(
+        "--schedule",
+        default="karras",
+        help="step grid name (see `difflab schedules`), or a grid JSON from `difflab schedule optimize`",
+    )
     s.add_argument("--n", type=int, default=2000, help="number of samples")
     s.add_argument("--seed", type=int, default=0, help="seed; each sample has its own generator")
     s.add_argument("--out", default="samples.png", help="output PNG (or .npz for raw samples)")
+
+    o = sub.add_parser(
+        "schedule",
+        help="optimize a step grid for a model, sampler and NFE budget",
+        description="`difflab schedule optimize` searches the sigma grid that minimizes the "
+        "sampler's endpoint error against the exact flow (exact models) on calibration noise, "
+        "reports it on held-out noise next to the fixed grids, and writes it as JSON; "
+        "`difflab sample --schedule grid.json` samples with it.",
+    )
+    o.add_argument("action", choices=["optimize"], help="what to do")
+    o.add_argument(
+        "--model", default="ring2d", help=f"model name: one of {', '.join(EXACT_MODELS)}"
+    )
+    o.add_argument("--sampler", default="dpmpp_2m", help="sampler name")
+    o.add_argument("--nfe", type=int, default=6, help="NFE budget")
+    o.add_argument(
+        "--method", default="direct", help="direct (terminal error) or ays (Align Your Steps)"
+    )
+    o.add_argument("--n", type=int, default=64, help="calibration samples")
+    o.add_argument("--seed", type=int, default=0, help="seed of calibration and held-out noise")
+    o.add_argument("--out", default="grid.json", help="output JSON")
 
     sub.add_parser("samplers", help="list samplers with their order, NFE and stochasticity")
     sub.add_parser("schedules", help="list step grids")
@@ -96,7 +122,7 @@ def _lookup(fn: Callable[[str], object], name: str) -> object:
 def cmd_sample(args: argparse.Namespace) -> None:
     model = _model(args.model)
     sampler = _lookup(sampling.get, args.sampler)
-    grid_fn = _lookup(schedules.get, args.schedule)
+    grid_fn = _grid(args.schedule)
     if args.steps < 1:
         raise CliError(f"--steps must be >= 1, got {args.steps}")
     if args.n < 1:
@@ -109,6 +135,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
         sigmas = grid_fn(args.steps, *EXACT_SIGMA_RANGE)
     except ValueError as e:
         raise CliError(str(e)) from None
+    if len(sigmas) != args.steps + 1:
+        raise CliError(
+            f"the grid {args.schedule} has {len(sigmas) - 1} steps, not --steps {args.steps}"
+        )
 
     gens = sampling.generators(args.seed, args.n)
     x = sampling.randn((args.n, model.dim), gens, torch.float64) * sigmas[0]
@@ -168,6 +198,41 @@ def _density_figure(
     )
 
 
+def _grid(name: str) -> Callable[..., torch.Tensor]:
+    """A grid by name, or the grid saved in a JSON file by `difflab schedule optimize`."""
+    if not name.endswith(".json"):
+        return _lookup(schedules.get, name)
+    try:
+        saved = schedules.OptimizedGrid.from_json(Path(name).read_text())
+    except (OSError, ValueError, KeyError) as e:
+        raise CliError(f"cannot read the grid {name}: {e}") from None
+    return lambda steps, sigma_min, sigma_max: saved.sigmas
+
+
+def cmd_schedule(args: argparse.Namespace) -> None:
+    model = _model(args.model)
+    if args.n < 2:
+        raise CliError(f"--n must be >= 2, got {args.n}")
+    try:
+        check_writable(args.out)
+        g = torch.Generator().manual_seed(args.seed)
+        sigma_min, sigma_max = EXACT_SIGMA_RANGE
+        calibration = torch.randn(args.n, model.dim, generator=g, dtype=torch.float64) * sigma_max
+        result = schedules.optimize(
+            model, args.sampler, args.nfe, calibration, sigma_min=sigma_min, sigma_max=sigma_max,
+            method=args.method, seed=args.seed, reference=lambda x: model.ode(x, sigma_max, 0.0).x,
+        )  # fmt: skip
+    except (ValueError, ImportError) as e:
+        raise CliError(str(e)) from None
+    print(f"{args.sampler} at {args.nfe} NFE on {args.model}: endpoint RMSE (held-out noise)")
+    for name, (_, held_out) in result.fixed.items():
+        print(f"  {name:12} {held_out:.3e}")
+    print(f"  {'optimized':12} {result.held_out_error:.3e}  ({args.method})")
+    print("  sigmas: " + " ".join(f"{float(v):.4g}" for v in result.sigmas))
+    atomic_write_bytes(args.out, result.to_json().encode())
+    print(f"wrote {args.out}")
+
+
 def cmd_samplers(args: argparse.Namespace) -> None:
     print(f"{'name':22} {'order':>5} {'NFE(10)':>8} {'stoch':>6}  summary")
     for name in sampling.available():
@@ -203,6 +268,7 @@ def cmd_check_sampler(args: argparse.Namespace) -> None:
 
 COMMANDS = {
     "sample": cmd_sample,
+    "schedule": cmd_schedule,
     "samplers": cmd_samplers,
     "schedules": cmd_schedules,
     "check-sampler": cmd_check_sampler,

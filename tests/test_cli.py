@@ -98,3 +98,47 @@ def test_written_files_are_complete_and_not_private(tmp_path):
     assert path.read_bytes() == b"new"
     assert path.stat().st_mode & 0o777 == 0o644  # as open() would make it, not mkstemp's 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]  # no temporary left behind
+
+
+def test_schedule_optimize_then_sample_with_it(tmp_path, capsys):
+    grid = tmp_path / "grid.json"
+    args = [
+        "schedule",
+        "optimize",
+        "--sampler",
+        "euler",
+        "--nfe",
+        "4",
+        "--n",
+        "8",
+        "--out",
+        str(grid),
+    ]
+    assert main(args) == 0
+    report = capsys.readouterr().out
+    assert "optimized" in report and "karras" in report
+    out = tmp_path / "s.png"
+    assert (
+        main(
+            [
+                "sample",
+                "--sampler",
+                "euler",
+                "--schedule",
+                str(grid),
+                "--steps",
+                "4",
+                "--n",
+                "50",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert out.exists()
+    assert main(["sample", "--schedule", str(grid), "--steps", "5", "--out", str(out)]) == 2
+    assert "has 4 steps" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{}")
+    assert main(["sample", "--schedule", str(tmp_path / "bad.json"), "--out", str(out)]) == 2
+    assert "cannot read the grid" in capsys.readouterr().err
