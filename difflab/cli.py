@@ -147,10 +147,11 @@ def cmd_sample(args: argparse.Namespace) -> None:
         if sampling.info(args.sampler).stochastic
         else {}
     )
+    counter = checks.CountingDenoiser(model)  # the NFE as spent, adaptive samplers included
     start = time.perf_counter()
-    samples = sampler(model, x, sigmas, **options)
+    samples = sampler(counter, x, sigmas, **options)
     seconds = time.perf_counter() - start
-    nfe = sampling.info(args.sampler).nfe(args.steps)
+    nfe = counter.calls
 
     exact = model.sample(args.n, generator=torch.Generator().manual_seed(args.seed))
     ll, ll_exact = float(model.log_prob(samples).mean()), float(model.log_prob(exact).mean())

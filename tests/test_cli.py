@@ -142,3 +142,11 @@ def test_schedule_optimize_then_sample_with_it(tmp_path, capsys):
     (tmp_path / "bad.json").write_text("{}")
     assert main(["sample", "--schedule", str(tmp_path / "bad.json"), "--out", str(out)]) == 2
     assert "cannot read the grid" in capsys.readouterr().err
+
+
+def test_sample_reports_the_nfe_spent(tmp_path, capsys):
+    out = str(tmp_path / "a.png")
+    assert main(["sample", "--sampler", "heun", "--steps", "5", "--n", "50", "--out", out]) == 0
+    assert "5 steps = 9 NFE" in capsys.readouterr().out
+    assert main(["sample", "--sampler", "adaptive", "--steps", "3", "--n", "50", "--out", out]) == 0
+    assert "NFE" in capsys.readouterr().out
