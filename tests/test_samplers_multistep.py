@@ -16,6 +16,7 @@ from scipy import integrate
 from difflab import sampling, schedules
 from difflab.core.processes import VPDiscrete
 from difflab.sampling.samplers import multistep
+from difflab.sampling.steps import phis
 from difflab.testing import random_mixture
 from difflab.testing.checks import CountingDenoiser, batch_invariance, nfe_count
 
@@ -280,7 +281,7 @@ def test_phi_functions():
 
             exact.append(integrate.quad(integrand, 0, 1, epsabs=1e-300, epsrel=1e-14)[0])
         for n in (1, 2, 3, 4):
-            np.testing.assert_allclose(multistep._phis(n, z), exact[:n], rtol=1e-13, err_msg=z)
+            np.testing.assert_allclose(phis(n, z), exact[:n], rtol=1e-13, err_msg=z)
 
 
 def _lagrange_integral(nodes, j, lo, hi, time=lambda s: s):

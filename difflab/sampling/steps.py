@@ -6,10 +6,25 @@ import math
 
 from torch import Tensor
 
-__all__ = ["FINAL_STEPS", "SIGMA_DATA", "ddim_step", "final_step", "final_weight", "previous_eps"]
+__all__ = [
+    "FINAL_STEPS",
+    "SIGMA_DATA",
+    "ddim_step",
+    "final_step",
+    "final_weight",
+    "phis",
+    "previous_eps",
+]
 
 FINAL_STEPS = ("tau", "denoised")
 SIGMA_DATA = 0.5  # the data scale the final step assumes (EDM's image convention)
+
+
+def check_final(final: str, sampler: str | None = None) -> None:
+    """A ValueError naming the valid final-step policies (samplers check before any evaluation)."""
+    if final not in FINAL_STEPS:
+        who = f"{sampler}: " if sampler else ""
+        raise ValueError(f"{who}unknown final step {final!r}; valid: {', '.join(FINAL_STEPS)}")
 
 
 def ddim_step(x: Tensor, denoised: Tensor, sigma: float, sigma_next: float) -> Tensor:
@@ -52,10 +67,9 @@ def final_step(
     correction faded out with w as sigma grows.
     "denoised": x(0) = D, the first-order jump of diffusers and k-diffusion.
     """
+    check_final(final)
     if final == "denoised":
         return denoised
-    if final != "tau":
-        raise ValueError(f"unknown final step {final!r}; valid: {', '.join(FINAL_STEPS)}")
     w = 0.5 if sigma is None else final_weight(sigma)
     out = (1 - w) * x + w * denoised
     if previous is not None and sigma is not None:
@@ -64,4 +78,26 @@ def final_step(
         f = (x - denoised) / (2 * tau)
         slope = (f - eps_p / (2 * sigma_p)) / (tau - tau_p)
         out = out + (2 - 2 * w) * (tau * tau / 2) * slope
+    return out
+
+
+def phis(n: int, z: float) -> list[float]:
+    """[phi_1(z), ..., phi_n(z)], phi_k(z) = sum_j z^j / (j + k)! (phi_1(z) = (e^z - 1) / z). For
+    |z| < 1 the power series of phi_n, then phi_k = 1/k! + z phi_{k+1} downwards; else phi_1 and
+    phi_{k+1} = (phi_k - 1/k!) / z upwards: each direction damps rounding errors where it is used.
+    """
+    if abs(z) < 1.0:
+        term = total = 1.0 / math.factorial(n)
+        j = 0
+        while abs(term) > 1e-17 * abs(total):
+            j += 1
+            term *= z / (j + n)
+            total += term
+        out = [total]
+        for k in range(n - 1, 0, -1):
+            out.append(1.0 / math.factorial(k) + z * out[-1])
+        return out[::-1]
+    out = [math.expm1(z) / z]
+    for k in range(1, n):
+        out.append((out[-1] - 1.0 / math.factorial(k)) / z)
     return out

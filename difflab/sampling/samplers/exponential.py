@@ -33,7 +33,13 @@ from torch import Tensor
 
 from difflab.sampling.registry import Grid, register
 from difflab.sampling.samplers.stochastic import ancestral_split
-from difflab.sampling.steps import FINAL_STEPS, ddim_step, final_step, previous_eps
+from difflab.sampling.steps import (
+    check_final,
+    ddim_step,
+    final_step,
+    phis,
+    previous_eps,
+)
 
 __all__ = [
     "dpm_2_ancestral",
@@ -66,30 +72,15 @@ def _sigma_at(s: float, nxt: float, r: float) -> float:
     return math.exp((1 - r) * math.log(s) + r * math.log(nxt))
 
 
-def _phi_series(k: int, z: float) -> float:
-    """phi_k(z) = sum_j z^j / (j + k)! (|z| < 1: no cancellation, ~17 terms at most)."""
-    term = total = 1.0 / math.factorial(k)
-    j = 0
-    while abs(term) > 1e-17 * abs(total):
-        j += 1
-        term *= z / (j + k)
-        total += term
-    return total
-
-
 def _phi(big: float) -> tuple[float, float, float]:
     """(phi1, phi2, phi3) of H (module docstring) = (H phi_1(-H), H phi_2(-H), -H phi_3(-H)) in the
     standard phi_k; the power series below H = 1, where the closed forms cancel."""
     phi1 = -math.expm1(-big)
     if big < 1.0:
-        return phi1, big * _phi_series(2, -big), -big * _phi_series(3, -big)
+        _, p2, p3 = phis(3, -big)
+        return phi1, big * p2, -big * p3
     phi2 = 1 + math.expm1(-big) / big
     return phi1, phi2, phi2 / big - 0.5
-
-
-def _check_final(final: str) -> None:
-    if final not in FINAL_STEPS:
-        raise ValueError(f"unknown final step {final!r}; valid: {', '.join(FINAL_STEPS)}")
 
 
 def _check_eta(eta: float, s_noise: float, ancestral: bool) -> None:
@@ -154,7 +145,7 @@ def _singlestep(
 ) -> Tensor:
     """D at every grid level, one ``step`` per interval (to sigma_down and fresh noise sigma_up
     when eta > 0), final_step into 0 (with the previous step's eps on a deterministic path)."""
-    _check_final(final)
+    check_final(final)
     _check_eta(eta, s_noise, ancestral=True)
     last = None
     for i in range(grid.steps):
@@ -197,7 +188,7 @@ def _multistep(
         raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
-    _check_final(final)
+    check_final(final)
     _check_eta(eta, s_noise, ancestral=False)
     reference = variant == "reference"
     hist: list[tuple[Tensor, float]] = []  # (D, h) of the previous steps, newest first
@@ -286,7 +277,7 @@ def dpm_solver_fast(grid: Grid, x: Tensor, *, final: str = "tau") -> Tensor:
     sigma_max, N)``). Measured order: 3 when N % 3 == 2 (last step of order 2), else 2 (last step of
     order 1), hence the registered 2. The callback sees the two grid levels it evaluates (the first
     and the last above 0)."""
-    _check_final(final)
+    check_final(final)
     n = grid.steps
     last = n - 1 if grid[n] == 0 else n
     orders = fast_orders(last)

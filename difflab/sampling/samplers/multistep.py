@@ -22,7 +22,7 @@ inside the step. Policies shared by all four (each docstring adds its own):
 The coefficients are exact quadratures of the polynomial through the past evaluations, computed in
 Python floats: Lagrange basis polynomials in monomial form (:func:`_lagrange`) integrated against
 the exact moments of the step's weight (:func:`_quadrature`), with phi functions free of
-cancellation (:func:`_phis`).
+cancellation (:func:`difflab.sampling.steps.phis`).
 """
 
 from __future__ import annotations
@@ -33,32 +33,10 @@ from collections.abc import Callable, Sequence
 from torch import Tensor
 
 from difflab.sampling.registry import Grid, register
-from difflab.sampling.steps import FINAL_STEPS, final_step
+from difflab.sampling.steps import check_final, final_step, phis
 
 # --------------------------------------------------------------------------------------------
 # coefficient math on the host
-
-
-def _phis(n: int, z: float) -> list[float]:
-    """[phi_1(z), ..., phi_n(z)], phi_k(z) = sum_j z^j / (j + k)! (phi_1(z) = (e^z - 1) / z). For
-    |z| < 1 the power series of phi_n, then phi_k = 1/k! + z phi_{k+1} downwards; else phi_1 and
-    phi_{k+1} = (phi_k - 1/k!) / z upwards: each direction damps rounding errors where it is used.
-    """
-    if abs(z) < 1.0:
-        term = total = 1.0 / math.factorial(n)
-        j = 0
-        while abs(term) > 1e-17 * abs(total):
-            j += 1
-            term *= z / (j + n)
-            total += term
-        out = [total]
-        for k in range(n - 1, 0, -1):
-            out.append(1.0 / math.factorial(k) + z * out[-1])
-        return out[::-1]
-    out = [math.expm1(z) / z]
-    for k in range(1, n):
-        out.append((out[-1] - 1.0 / math.factorial(k)) / z)
-    return out
 
 
 def _lagrange(nodes: Sequence[float]) -> list[list[float]]:
@@ -100,8 +78,7 @@ def _step_order(grid: Grid, i: int, order: int, available: int, lower_order_fina
 def _check(name: str, order: int, highest: int, final: str) -> None:
     if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= highest:
         raise ValueError(f"{name}: order must be an integer in 1..{highest}, got {order!r}")
-    if final not in FINAL_STEPS:
-        raise ValueError(f"{name}: unknown final step {final!r}; valid: {', '.join(FINAL_STEPS)}")
+    check_final(final, name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,7 +131,7 @@ def _deis_weights(sigmas: list[float], i: int, k: int) -> list[float]:
     s, nxt = sigmas[i], sigmas[i + 1]
     h = math.log(s / nxt)
     nodes = [math.log(sigmas[i - j] / nxt) / h for j in range(k)]
-    moments = [math.factorial(m) * phi for m, phi in enumerate(_phis(k, -h))]
+    moments = [math.factorial(m) * phi for m, phi in enumerate(phis(k, -h))]
     return [-h * s * w for w in _quadrature(nodes, moments)]
 
 
@@ -242,8 +219,8 @@ def _unipc_coefficients(
     s, nxt = sigmas[i], sigmas[i + 1]
     h = math.log(s / nxt)
     bh = -h if variant == "bh1" else math.expm1(-h)
-    phis = _phis(p + 1, -h)
-    b = [math.factorial(j) * -h * phis[j] / bh for j in range(1, p + 1)]
+    phi = phis(p + 1, -h)
+    b = [math.factorial(j) * -h * phi[j] / bh for j in range(1, p + 1)]
     r = [math.log(s / sigmas[i - k]) / h for k in range(1, p)]
     rho_p = [] if p == 1 else [0.5] if p == 2 else _quadrature(r, b[: p - 1])
     rho_c = [0.5] if p == 1 else _quadrature([*r, 1.0], b)

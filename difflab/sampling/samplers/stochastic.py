@@ -26,16 +26,11 @@ import numpy as np
 from torch import Tensor
 
 from difflab.sampling.registry import Grid, register
-from difflab.sampling.steps import FINAL_STEPS, ddim_step, final_step
+from difflab.sampling.steps import check_final, ddim_step, final_step
 
 __all__ = ["ancestral_split", "er_sde_noise_scaler", "stochastic_adams_coefficients"]
 
 Noise = Callable[[], Tensor]
-
-
-def _check_final(final: str) -> None:
-    if final not in FINAL_STEPS:
-        raise ValueError(f"unknown final step {final!r}; valid: {', '.join(FINAL_STEPS)}")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -82,7 +77,7 @@ def ddim_eta(
     sample_euler_ancestral. eta = 0 is ``euler``; eta > 1 clamps s_up at s'. NFE = n.
     """
     _check(eta >= 0, f"eta must be >= 0, got {eta}")
-    _check_final(final)
+    check_final(final)
     for i in range(grid.steps):
         s, nxt = grid[i], grid[i + 1]
         denoised = grid.denoise(x, i)
@@ -131,7 +126,7 @@ def edm(
     only the steps without churn.
     """
     _check(s_churn >= 0, f"s_churn must be >= 0, got {s_churn}")
-    _check_final(final)
+    check_final(final)
     gamma = min(s_churn / grid.steps, math.sqrt(2) - 1)
     for i in range(grid.steps):
         s, nxt = grid[i], grid[i + 1]
@@ -187,7 +182,7 @@ def restart(
     """
     _check(0 < restart_min < restart_max, "need 0 < restart_min < restart_max")
     _check(restart_k >= 0 and restart_steps >= 1, "need restart_k >= 0 and restart_steps >= 1")
-    _check_final(final)
+    check_final(final)
     positive = [j for j in range(1, grid.steps + 1) if grid[j] > 0]
     at = min(positive, key=lambda j: abs(math.log(grid[j] / restart_min)), default=None)
     for i in range(grid.steps):
@@ -270,7 +265,7 @@ def er_sde(
     constant when sigma_0 is large (D barely moves there). NFE = n.
     """
     _check(max_stage in (1, 2, 3), f"max_stage must be 1, 2 or 3, got {max_stage}")
-    _check_final(final)
+    check_final(final)
     phi = noise_scaler or er_sde_noise_scaler
     history: list[tuple[float, Tensor]] = []  # (sigma, D) of the last two steps
     d1_prev: Tensor | None = None
@@ -397,7 +392,7 @@ def sa_solver(
         "need predictor_order >= 1 and corrector_order >= 0",
     )
     _check(eta >= 0, f"eta must be >= 0, got {eta}")
-    _check_final(final)
+    check_final(final)
     lo, hi = noise_interval
     keep = max(predictor_order, corrector_order)
     history: list[tuple[float, Tensor]] = []  # (lambda, D), newest last
