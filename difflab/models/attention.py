@@ -1,0 +1,67 @@
+"""Multi-head self-attention, the one hook point that attention-based guidance switches.
+
+Perturbed-attention guidance (Ahn et al. 2024) replaces the attention map of chosen layers by the
+identity, so each token attends only to itself and the layer outputs its projected value. Every
+network in difflab.models builds its attention from :class:`Attention`; :func:`identity_attention`
+switches any of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from difflab.core.tensors import unknown_name
+
+__all__ = ["Attention", "attention_layers", "identity_attention"]
+
+
+class Attention(nn.Module):
+    """softmax(Q K^T / sqrt(d)) V W_o over tokens [B, N, C] (Vaswani et al. 2017).
+
+    With ``identity = True`` the attention map is the identity: the output is V W_o (Ahn et al. 2024).
+    """
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"attention width {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.identity = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, c = x.shape
+        if self.identity:
+            return self.proj(F.linear(x, self.qkv.weight[2 * c :], self.qkv.bias[2 * c :]))
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+def attention_layers(net: nn.Module) -> dict[str, Attention]:
+    """Every attention layer of ``net`` by its module name, in forward order."""
+    return {name: m for name, m in net.named_modules() if isinstance(m, Attention)}
+
+
+@contextmanager
+def identity_attention(net: nn.Module, names: Iterable[str] | None = None) -> Iterator[None]:
+    """Within the block, the named attention layers (all when ``names`` is None) use the identity
+    attention map of perturbed-attention guidance (Ahn et al. 2024); the flags are restored after."""
+    layers = attention_layers(net)
+    chosen = list(layers) if names is None else list(names)
+    for name in chosen:
+        if name not in layers:
+            raise unknown_name("attention layer", name, layers)
+    before = {name: layers[name].identity for name in chosen}
+    try:
+        for name in chosen:
+            layers[name].identity = True
+        yield
+    finally:
+        for name, flag in before.items():
+            layers[name].identity = flag

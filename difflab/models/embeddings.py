@@ -1,0 +1,120 @@
+"""Conditioning embeddings shared by every network: the noise-level (time) input and class labels.
+
+A class label -1 (or ``labels=None``) is the null class of classifier-free guidance (Ho & Salimans
+2022): it has its own learned row, so one network is both the conditional and the unconditional model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from difflab.core.tensors import unknown_name
+
+__all__ = [
+    "TIME_EMBEDDINGS",
+    "ClassEmbedding",
+    "TimeEmbedding",
+    "batch_time",
+    "class_index",
+    "fourier_features",
+    "positional",
+]
+
+TIME_EMBEDDINGS = ("positional", "fourier")
+
+
+def positional(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """[cos(t w_k), sin(t w_k)], w_k = max_period^(-k / (dim/2)) (Vaswani et al. 2017; Ho et al. 2020).
+
+    Made for time inputs on the scale of [0, 1000] (the DDPM timestep).
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
+    angles = t.float()[:, None] * freqs[None]
+    return torch.cat([angles.cos(), angles.sin()], dim=1)
+
+
+def fourier_features(t: Tensor, weight: Tensor) -> Tensor:
+    """[cos(2 pi t w_k), sin(2 pi t w_k)] with w_k ~ N(0, scale^2) fixed (Tancik et al. 2020; Song et al. 2021).
+
+    Made for time inputs of unit scale (t in [0, 1], log(sigma) / 4).
+    """
+    angles = 2 * math.pi * t.float()[:, None] * weight[None]
+    return torch.cat([angles.cos(), angles.sin()], dim=1)
+
+
+def batch_time(time: Tensor, x: Tensor) -> Tensor:
+    """The time input as one value per sample [B]; a scalar is shared by the batch."""
+    time = torch.as_tensor(time, device=x.device)
+    if time.ndim == 0:
+        return time.expand(x.shape[0])
+    if time.shape != (x.shape[0],):
+        raise ValueError(
+            f"time must be a scalar or one value per sample of shape ({x.shape[0]},), "
+            f"got shape {tuple(time.shape)}"
+        )
+    return time
+
+
+class TimeEmbedding(nn.Module):
+    """e(t) = W2 SiLU(W1 phi(t)), phi positional or Gaussian Fourier features (Ho et al. 2020; Song et al. 2021)."""
+
+    def __init__(
+        self, dim: int, kind: str = "positional", features: int = 0, fourier_scale: float = 16.0
+    ) -> None:
+        super().__init__()
+        if kind not in TIME_EMBEDDINGS:
+            raise unknown_name("time embedding", kind, TIME_EMBEDDINGS)
+        self.kind, self.features = kind, features or dim
+        if self.features % 2:
+            raise ValueError(f"time embedding features must be even, got {self.features}")
+        if kind == "fourier":
+            self.register_buffer("weight", torch.randn(self.features // 2) * fourier_scale)
+        self.mlp = nn.Sequential(nn.Linear(self.features, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: Tensor) -> Tensor:
+        if self.kind == "fourier":
+            phi = fourier_features(t, self.weight)
+        else:
+            phi = positional(t, self.features)
+        return self.mlp(phi.to(self.mlp[0].weight.dtype))
+
+
+def class_index(
+    labels: Tensor | None, num_classes: int, batch: int, device: torch.device
+) -> Tensor:
+    """Validated labels as row indices: 0..num_classes-1 as given, -1 (and ``None``) the null row."""
+    if labels is None:
+        return torch.full((batch,), num_classes, dtype=torch.long, device=device)
+    labels = torch.as_tensor(labels, device=device)
+    if labels.shape != (batch,) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(
+            f"labels must be integers of shape ({batch},), got {labels.dtype} of shape "
+            f"{tuple(labels.shape)}"
+        )
+    ok = (labels >= -1) & (labels < num_classes)
+    if num_classes == 0:
+        message = "this network is unconditional (num_classes=0): labels must be -1 or None"
+    else:
+        message = f"labels must be in [0, {num_classes - 1}] or -1 (null class)"
+    if ok.device.type != "cpu":  # no host-device synchronisation on an accelerator
+        torch._assert_async(ok.all(), message)
+    elif not bool(ok.all()):
+        raise ValueError(message)
+    return torch.where(labels < 0, num_classes, labels)
+
+
+class ClassEmbedding(nn.Module):
+    """e(y) = E[y] for y in 0..num_classes-1, and a learned null row E[num_classes] for y = -1
+    (classifier-free guidance, Ho & Salimans 2022)."""
+
+    def __init__(self, num_classes: int, dim: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.table = nn.Embedding(num_classes + 1, dim)
+
+    def forward(self, labels: Tensor | None, batch: int, device: torch.device) -> Tensor:
+        return self.table(class_index(labels, self.num_classes, batch, device))

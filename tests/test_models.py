@@ -1,0 +1,214 @@
+"""Networks of difflab.models: shapes, config round trip, labels, zero init, batch invariance,
+gradient flow, the identity-attention switch, memory formats and autocast."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from difflab import models
+
+TINY = {
+    "unet": {
+        "type": "unet",
+        "in_channels": 2,
+        "image_size": 8,
+        "channels": 16,
+        "channel_mult": [1, 2],
+        "num_res_blocks": 1,
+        "attention_resolutions": [4],
+        "head_channels": 8,
+        "num_classes": 3,
+    },
+}
+SHAPES = {"unet": (2, 8, 8)}
+
+
+def make(name: str, seed: int = 0, **overrides) -> models.Network:
+    torch.manual_seed(seed)
+    return models.build(TINY[name] | overrides)
+
+
+def perturb(net: torch.nn.Module, seed: int = 1, scale: float = 0.1) -> torch.nn.Module:
+    """Move every parameter off its (partly zero) initialization, as training would."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    return net
+
+
+def inputs(name: str, batch: int = 4, seed: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, *SHAPES[name], generator=g)
+    return x, torch.rand(batch, generator=g)
+
+
+NETS = list(TINY)
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_output_shape_and_zero_init(name: str) -> None:
+    net = make(name)
+    x, t = inputs(name)
+    out = net(x, t, torch.tensor([0, 1, 2, -1]))
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert torch.count_nonzero(out) == 0  # zero-initialized output layer
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_config_round_trip(name: str) -> None:
+    net = perturb(make(name, seed=3)).eval()
+    config = json.loads(json.dumps(net.config))
+    assert config["type"] == name
+    rebuilt = models.build(config).eval()
+    assert rebuilt.config == net.config
+    rebuilt.load_state_dict(net.state_dict())
+    x, t = inputs(name)
+    labels = torch.tensor([0, 2, -1, 1])
+    torch.testing.assert_close(rebuilt(x, t, labels), net(x, t, labels), rtol=0, atol=0)
+    torch.manual_seed(3)
+    fresh, twin = models.build(config).state_dict(), make(name, seed=3).state_dict()
+    assert list(fresh) == list(twin)
+    assert all(torch.equal(fresh[k], twin[k]) for k in fresh)  # same seed, same initialization
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_null_labels(name: str) -> None:
+    net = perturb(make(name)).eval()
+    x, t = inputs(name)
+    null = net(x, t, torch.full((4,), -1))
+    torch.testing.assert_close(net(x, t), null, rtol=0, atol=0)
+    assert not torch.allclose(net(x, t, torch.tensor([0, 1, 2, 0])), null)
+    with pytest.raises(ValueError, match=r"\[0, 2\]"):
+        net(x, t, torch.tensor([0, 1, 3, 0]))
+    with pytest.raises(ValueError, match=r"\[0, 2\]"):
+        net(x, t, torch.tensor([0, -2, 1, 0]))
+    with pytest.raises(ValueError, match="shape"):
+        net(x, t, torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_unconditional_rejects_labels(name: str) -> None:
+    net = make(name, num_classes=0)
+    x, t = inputs(name)
+    net(x, t, torch.full((4,), -1))
+    with pytest.raises(ValueError, match="unconditional"):
+        net(x, t, torch.tensor([0, 1, 2, 0]))
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_batch_invariance(name: str) -> None:
+    net = perturb(make(name)).eval()
+    x, t = inputs(name, batch=5)
+    labels = torch.tensor([0, 1, 2, -1, 1])
+    full = net(x, t, labels)
+    for i in (0, 3):
+        alone = net(x[i : i + 1], t[i : i + 1], labels[i : i + 1])
+        torch.testing.assert_close(alone[0], full[i], rtol=1e-5, atol=1e-5)
+    scrambled = net(torch.cat([x[:2], torch.randn_like(x[2:])]), t, labels)
+    torch.testing.assert_close(scrambled[:2], full[:2], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_gradients_reach_every_parameter(name: str) -> None:
+    net = make(name)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    x, t = inputs(name)
+    labels = torch.tensor([0, 1, 2, -1])
+    for _ in range(3):  # zero-initialized layers pass gradient on once they have moved
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(net(x, t, labels), torch.randn_like(x)).backward()
+        opt.step()
+    dead = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert dead == []
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_identity_attention_switch(name: str) -> None:
+    net = perturb(make(name)).eval()
+    x, t = inputs(name)
+    layers = models.attention_layers(net)
+    assert layers
+    base = net(x, t)
+    for layer in layers:
+        with models.identity_attention(net, [layer]):
+            assert layers[layer].identity
+            assert not torch.allclose(net(x, t), base)
+        assert not layers[layer].identity
+    torch.testing.assert_close(net(x, t), base, rtol=0, atol=0)
+    with (
+        pytest.raises(ValueError, match="unknown attention layer"),
+        models.identity_attention(net, ["nope"]),
+    ):
+        pass
+
+
+def test_identity_attention_is_the_value_projection() -> None:
+    torch.manual_seed(0)
+    attn = models.Attention(8, heads=2)
+    x = torch.randn(3, 5, 8)
+    attn.identity = True
+    v = x @ attn.qkv.weight[16:].T + attn.qkv.bias[16:]
+    torch.testing.assert_close(attn(x), attn.proj(v))
+    # a single token attends only to itself: the identity map is the true map
+    attn.identity = False
+    single = attn(x[:, :1])
+    attn.identity = True
+    torch.testing.assert_close(attn(x[:, :1]), single)
+
+
+def test_unet_without_attention_ignores_the_switch() -> None:
+    net = perturb(make("unet", attention_resolutions=[], mid_attention=False)).eval()
+    assert models.attention_layers(net) == {}
+    x, t = inputs("unet")
+    base = net(x, t)
+    with models.identity_attention(net):
+        torch.testing.assert_close(net(x, t), base, rtol=0, atol=0)
+
+
+def test_unet_mnist_config_sizes() -> None:
+    config = {
+        "type": "unet",
+        "image_size": 28,
+        "channels": 32,
+        "channel_mult": [1, 2, 2],
+        "attention_resolutions": [7],
+        "num_classes": 10,
+    }
+    net = perturb(models.build(config)).eval()
+    x = torch.randn(2, 1, 28, 28)
+    assert net(x, torch.tensor([10.0, 500.0]), torch.tensor([3, -1])).shape == x.shape
+    assert len(models.attention_layers(net)) == 2 + 3 + 1  # down and up blocks at 7x7, and mid
+    with pytest.raises(ValueError, match="divisible by 4"):
+        net(torch.randn(1, 1, 30, 30), torch.zeros(1))
+    with pytest.raises(ValueError, match="divisible by 2\\^3"):
+        models.build(config | {"channel_mult": [1, 2, 2, 2]})
+    with pytest.raises(ValueError, match="attention resolution 8"):
+        models.build(config | {"attention_resolutions": [8]})
+
+
+def test_unet_channels_last_and_bf16_autocast() -> None:
+    net = perturb(make("unet"), scale=0.05).eval()
+    x, t = inputs("unet")
+    labels = torch.tensor([0, 1, 2, -1])
+    ref = net(x, t, labels)
+    net_cl = net.to(memory_format=torch.channels_last)
+    x_cl = x.to(memory_format=torch.channels_last)
+    torch.testing.assert_close(net_cl(x_cl, t, labels), ref, rtol=1e-4, atol=1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = net_cl(x_cl, t, labels)
+    assert low.dtype == torch.float32 and low.shape == x.shape
+    assert (low - ref).norm() < 0.05 * ref.norm()
+
+
+def test_build_errors() -> None:
+    assert {"unet"} <= set(models.available())
+    with pytest.raises(ValueError, match=r"unknown network type 'unt'.*'unet'"):
+        models.build({"type": "unt"})
+    with pytest.raises(ValueError, match=r"unknown unet config key 'chanels'.*'channels'"):
+        models.build({"type": "unet", "chanels": 8})
+    with pytest.raises(ValueError, match='"type"'):
+        models.build({"channels": 8})
