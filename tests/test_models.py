@@ -22,8 +22,21 @@ TINY = {
         "head_channels": 8,
         "num_classes": 3,
     },
+    "mlp": {"type": "mlp", "dim": 3, "width": 32, "depth": 2, "num_classes": 3},
+    "dit": {
+        "type": "dit",
+        "in_channels": 2,
+        "image_size": 8,
+        "patch_size": 2,
+        "hidden_size": 32,
+        "depth": 2,
+        "heads": 2,
+        "num_classes": 3,
+        "position_embedding": "learned",
+    },
 }
-SHAPES = {"unet": (2, 8, 8)}
+SHAPES = {"unet": (2, 8, 8), "mlp": (3,), "dit": (2, 8, 8)}
+ATTENTION_NETS = ["unet", "dit"]
 
 
 def make(name: str, seed: int = 0, **overrides) -> models.Network:
@@ -126,7 +139,7 @@ def test_gradients_reach_every_parameter(name: str) -> None:
     assert dead == []
 
 
-@pytest.mark.parametrize("name", NETS)
+@pytest.mark.parametrize("name", ATTENTION_NETS)
 def test_identity_attention_switch(name: str) -> None:
     net = perturb(make(name)).eval()
     x, t = inputs(name)
@@ -160,10 +173,14 @@ def test_identity_attention_is_the_value_projection() -> None:
     torch.testing.assert_close(attn(x[:, :1]), single)
 
 
-def test_unet_without_attention_ignores_the_switch() -> None:
-    net = perturb(make("unet", attention_resolutions=[], mid_attention=False)).eval()
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [("unet", {"attention_resolutions": [], "mid_attention": False}), ("mlp", {})],
+)
+def test_nets_without_attention_ignore_the_switch(name: str, options: dict) -> None:
+    net = perturb(make(name, **options)).eval()
     assert models.attention_layers(net) == {}
-    x, t = inputs("unet")
+    x, t = inputs(name)
     base = net(x, t)
     with models.identity_attention(net):
         torch.testing.assert_close(net(x, t), base, rtol=0, atol=0)
@@ -204,8 +221,35 @@ def test_unet_channels_last_and_bf16_autocast() -> None:
     assert (low - ref).norm() < 0.05 * ref.norm()
 
 
+def test_dit_sizes_and_position_embedding() -> None:
+    net = perturb(make("dit", position_embedding="sincos")).eval()
+    assert "pos" not in net.state_dict()  # fixed, rebuilt from the config
+    x, t = inputs("dit")
+    assert net(x, t).shape == x.shape
+    with pytest.raises(ValueError, match=r"\[B, 2, 8, 8\]"):
+        net(torch.randn(1, 2, 16, 16), torch.zeros(1))
+    with pytest.raises(ValueError, match="patch_size 3 does not divide image_size 8"):
+        make("dit", patch_size=3)
+    with pytest.raises(ValueError, match="unknown position embedding"):
+        make("dit", position_embedding="rope")
+    pos = models.dit.sincos_2d(4, 3)  # [sin row, cos row, sin col, cos col] at frequency 1
+    rows, cols = torch.arange(3.0).repeat_interleave(3), torch.arange(3.0).repeat(3)
+    expected = torch.stack([rows.sin(), rows.cos(), cols.sin(), cols.cos()], dim=1)
+    torch.testing.assert_close(pos, expected)
+
+
+def test_mlp_input_checks() -> None:
+    net = make("mlp")
+    with pytest.raises(ValueError, match=r"\[B, 3\]"):
+        net(torch.randn(4, 2), torch.zeros(4))
+    with pytest.raises(ValueError, match="time must be"):
+        net(torch.randn(4, 3), torch.zeros(3))
+    out = net(torch.randn(4, 3), torch.tensor(0.5))  # a scalar time is shared by the batch
+    assert out.shape == (4, 3)
+
+
 def test_build_errors() -> None:
-    assert {"unet"} <= set(models.available())
+    assert {"dit", "mlp", "unet"} <= set(models.available())
     with pytest.raises(ValueError, match=r"unknown network type 'unt'.*'unet'"):
         models.build({"type": "unt"})
     with pytest.raises(ValueError, match=r"unknown unet config key 'chanels'.*'channels'"):

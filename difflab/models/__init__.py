@@ -8,11 +8,15 @@ Class label -1 (or ``labels=None``) is the null class of classifier-free guidanc
 """
 
 from difflab.models.attention import Attention, attention_layers, identity_attention
+from difflab.models.dit import DiT
+from difflab.models.mlp import MLP
 from difflab.models.registry import Network, available, build, register
 from difflab.models.unet import UNet
 
 __all__ = [
+    "MLP",
     "Attention",
+    "DiT",
     "Network",
     "UNet",
     "attention_layers",
