@@ -1,0 +1,84 @@
+"""Data sets stored as NumPy arrays: a .npy file, or a .npz file with 'images' or 'x' (and optional
+'labels'). Read with allow_pickle=False: a file holding Python objects is refused.
+
+uint8 arrays are images: [N, H, W] gains a channel axis, [N, H, W, C] (C in 1, 3, 4) becomes
+[N, C, H, W], and pixels map to [-1, 1]. Any other numeric array is taken as given (float32).
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from difflab.core.tensors import check_finite
+from difflab.data.dataset import Dataset, from_uint8
+
+__all__ = ["DATA_KEYS", "LABEL_KEY", "load"]
+
+DATA_KEYS = ("images", "x")
+LABEL_KEY = "labels"
+_CHANNELS = (1, 3, 4)
+_SIGNATURES = {".npy": (b"\x93NUMPY",), ".npz": (b"PK\x03\x04", b"PK\x05\x06")}  # npy, zip
+
+
+def _read(path: Path) -> tuple[np.ndarray | None, np.ndarray | None, list[str]]:
+    """(data, labels, names of the arrays in the file); data is None when no key matches."""
+    if path.suffix.lower() == ".npy":
+        return np.load(path, allow_pickle=False), None, []
+    with np.load(path, allow_pickle=False) as archive:
+        key = next((k for k in DATA_KEYS if k in archive.files), None)
+        labels = archive[LABEL_KEY] if LABEL_KEY in archive.files else None
+        return (None if key is None else archive[key]), labels, archive.files
+
+
+def _samples(data: np.ndarray, path: Path) -> torch.Tensor:
+    if data.dtype == np.uint8:
+        if data.ndim == 3:
+            data = data[:, None]
+        elif data.ndim == 4 and data.shape[-1] in _CHANNELS and data.shape[1] not in _CHANNELS:
+            data = data.transpose(0, 3, 1, 2)
+        return from_uint8(np.ascontiguousarray(data))
+    if data.dtype.kind not in "iuf":
+        raise ValueError(f"{path}: data must be numeric, got dtype {data.dtype}")
+    x = check_finite(torch.from_numpy(data.astype(np.float32)), f"{path} data")
+    return x[:, None] if x.ndim == 1 else x
+
+
+def load(path: str | os.PathLike[str]) -> Dataset:
+    """The samples (and labels) of a .npy / .npz file: uint8 images to [-1, 1], other numbers as given."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in _SIGNATURES:
+        raise ValueError(f"{path}: expected a .npy or .npz file")
+    if not path.is_file():
+        raise FileNotFoundError(f"array file {path} does not exist")
+    with path.open("rb") as f:
+        if not f.read(6).startswith(_SIGNATURES[suffix]):
+            raise ValueError(
+                f"{path} is not a NumPy {suffix} file (it lacks the format's signature)"
+            )
+    try:
+        data, labels, names = _read(path)
+    except ValueError as e:
+        if "pickle" in str(e):
+            raise ValueError(
+                f"{path} holds pickled Python objects (object arrays), which difflab never loads"
+            ) from None
+        raise ValueError(f"cannot read {path}: {e}") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"cannot read {path}: {e}") from None
+    if data is None:
+        raise ValueError(f"{path} has arrays {names} but none named {' or '.join(DATA_KEYS)}")
+    if data.ndim == 0 or len(data) == 0:
+        raise ValueError(f"{path}: expected samples [N, ...] with N >= 1, got shape {data.shape}")
+    if labels is not None and labels.dtype.kind not in "iu":
+        raise ValueError(f"{path}: labels must be integers, got dtype {labels.dtype}")
+    return Dataset(
+        _samples(data, path),
+        None if labels is None else torch.from_numpy(labels.astype(np.int64)),
+        name=str(path),
+    )
