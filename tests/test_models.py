@@ -248,6 +248,35 @@ def test_mlp_input_checks() -> None:
     assert out.shape == (4, 3)
 
 
+def test_parameter_count_and_flops_of_the_mlp() -> None:
+    net = make("mlp")  # dim 3, width 32, depth 2, 3 classes, 32 Fourier features
+    w, d, dim = 32, 2, 3
+    time_mlp, classes, cond = 2 * (w * w + w), (3 + 1) * w, w * d * w + d * w
+    blocks = d * (2 * w + 2 * (w * w + w))
+    expected = time_mlp + classes + cond + (dim * w + w) + blocks + 2 * w + (w * dim + dim)
+    assert models.parameter_count(net) == expected
+    linear = [m.weight.numel() for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    assert models.flops(net, (3,)) == 2 * sum(linear)  # one multiply-add per weight per sample
+
+
+def test_flops_scale_with_image_area() -> None:
+    conv_only = make("unet", attention_resolutions=[], mid_attention=False)
+    small, large = models.flops(conv_only, (2, 8, 8)), models.flops(conv_only, (2, 16, 16))
+    assert small > 0 and 3.9 < large / small < 4.0  # the time MLP is the same at every size
+    attentive = make("unet", attention_resolutions=[], mid_attention=True)
+    # the attention map's cost grows with the square of the pixel count
+    extra_small = models.flops(attentive, (2, 8, 8)) - small
+    extra_large = models.flops(attentive, (2, 16, 16)) - large
+    assert extra_large / extra_small > 5.0
+
+
+def test_summary_text() -> None:
+    net = make("unet")
+    text = models.summary(net, (2, 8, 8))
+    assert text.startswith(f"unet: {models.parameter_count(net):,} parameters")
+    assert "MACs" in text and "(2, 8, 8)" in text and "down" in text
+
+
 def test_build_errors() -> None:
     assert {"dit", "mlp", "unet"} <= set(models.available())
     with pytest.raises(ValueError, match=r"unknown network type 'unt'.*'unet'"):

@@ -11,6 +11,7 @@ from difflab.models.attention import Attention, attention_layers, identity_atten
 from difflab.models.dit import DiT
 from difflab.models.mlp import MLP
 from difflab.models.registry import Network, available, build, register
+from difflab.models.summary import flops, parameter_count, summary
 from difflab.models.unet import UNet
 
 __all__ = [
@@ -22,6 +23,9 @@ __all__ = [
     "attention_layers",
     "available",
     "build",
+    "flops",
     "identity_attention",
+    "parameter_count",
     "register",
+    "summary",
 ]
