@@ -1,0 +1,335 @@
+"""The denoising objective E_{sigma, x0, eps} lambda(sigma) ||D(x0 + sigma eps, sigma) - x0||^2
+(Kingma & Gao 2023), computed on the network's own output.
+
+A network of any prediction type sees x_t = alpha x0 + sigma_t eps through the difflab wrapper
+(:class:`~difflab.core.parameterization.Denoiser` or :class:`~difflab.core.parameterization.EDMPrecond`).
+At a fixed input its x0 estimate is affine in its output, out - target = g (x0_hat - x0), so
+
+    lambda ||x0_hat - x0||^2 = (lambda / g^2) ||out - target||^2,
+
+g^2 being the prediction's native weight (eps: SNR; x0: 1; v on VP: SNR + 1; EDM's F: the EDM weight).
+The right-hand side is what is computed: subtracting x0 from x0_hat would lose the error to
+cancellation at small sigma.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from difflab.core import parameterization as pz
+from difflab.core import processes
+from difflab.core.parameterization import Denoiser, EDMPrecond
+from difflab.core.processes import Process
+from difflab.core.tensors import (
+    as_tensor,
+    broadcast_sigma,
+    check_nonnegative,
+    unknown_name,
+)
+from difflab.training.noise_levels import NoiseLevels
+from difflab.training.weighting import Weighting
+
+__all__ = [
+    "PREDICTIONS",
+    "Draw",
+    "Objective",
+    "denoising_loss",
+    "drop_labels",
+    "immiscible_assignment",
+    "network_output",
+    "output_slopes",
+]
+
+# the wrapper's prediction types, plus "edm": EDM preconditioning's F (Karras et al. 2022)
+PREDICTIONS = (*pz.PREDICTIONS, "edm")
+
+Wrapper = Denoiser | EDMPrecond
+
+
+def _batch_time(time: Tensor, x: Tensor) -> Tensor:
+    return time.expand(x.shape[0]) if time.ndim == 0 else time
+
+
+def _check_wrapper(denoiser: Any) -> None:
+    if not isinstance(denoiser, (Denoiser, EDMPrecond)):
+        raise TypeError(
+            f"expected a difflab Denoiser or EDMPrecond, got {type(denoiser).__name__}: wrap the "
+            "network with Objective.denoiser(net)"
+        )
+
+
+def network_output(
+    denoiser: Wrapper, x0: Tensor, eps: Tensor, sigma: Tensor, **cond: Any
+) -> tuple[Tensor, Tensor]:
+    """(out, target): the raw network output at x_t = alpha x0 + sigma_t eps (the input the wrapper
+    would give it at x = x0 + sigma eps) and its regression target.
+
+    EDM: F(c_in x, ln(sigma)/4) with target (x0 - c_skip x) / c_out = c_in (sigma/sd x0 - sd eps),
+    written without the cancellation of x0 - c_skip x (Karras et al. 2022, eq. 8).
+    """
+    _check_wrapper(denoiser)
+    sigma = as_tensor(sigma).to(x0.device)
+    if isinstance(denoiser, EDMPrecond):
+        sd = denoiser.sigma_data
+        s = broadcast_sigma(sigma.to(x0.dtype), x0)
+        c_in = torch.rsqrt(s.square() + sd**2)
+        noise_in = torch.rsqrt(1 + (sd / s).square())  # c_in sigma, exact at 0 and inf
+        out = denoiser.net(
+            c_in * x0 + noise_in * eps, _batch_time(sigma.to(x0.dtype).log() / 4, x0), **cond
+        )
+        return out, noise_in / sd * x0 - sd * c_in * eps
+    c = denoiser.coefficients(x0, sigma)
+    x_t = c["alpha"] * x0 + c["sigma"] * eps
+    out = denoiser.net(x_t, _batch_time(denoiser.time(sigma).to(x0.dtype), x0), **cond)
+    derivatives = (c.get("alpha_dot"), c.get("sigma_dot"))
+    return out, pz.target(denoiser.prediction, x0, eps, c["alpha"], c["sigma"], *derivatives)
+
+
+def output_slopes(denoiser: Wrapper, sigma: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    """(g, h) = (d out / d x0_hat, d out / d eps_hat) at a fixed network input, float64, broadcast
+    against x: g from the affine map from_x0 (EDM: 1 / c_out), h = -sigma g. g^2 is the prediction's
+    native loss weight on the x0 error (Kingma & Gao 2023, sec. 2)."""
+    _check_wrapper(denoiser)
+    sigma = as_tensor(sigma).to(device=x.device, dtype=torch.float64)
+    like = torch.zeros((), dtype=torch.float64, device=x.device).expand(x.shape)
+    if isinstance(denoiser, EDMPrecond):
+        sd = denoiser.sigma_data
+        s = broadcast_sigma(sigma, like)
+        c_out = sd * torch.rsqrt(1 + (sd / s).square())
+        return c_out.reciprocal(), -torch.sqrt(s.square() + sd**2) / sd
+    c = denoiser.coefficients(like, sigma)
+    one, zero = torch.ones_like(c["s"]), torch.zeros_like(c["s"])
+    coefs = (c["alpha"], c["sigma"], c.get("alpha_dot"), c.get("sigma_dot"))
+    g = pz.from_x0(denoiser.prediction, one, zero, *coefs)  # x0_hat = 1 at x_t = 0
+    h = pz.target(denoiser.prediction, -c["s"], one, *coefs)  # eps_hat = 1 at x_t = 0
+    return g, h
+
+
+def denoising_loss(
+    denoiser: Wrapper,
+    x0: Tensor,
+    eps: Tensor,
+    sigma: Tensor,
+    weighting: Weighting | str = "uniform",
+    **cond: Any,
+) -> Tensor:
+    """Per-sample losses [B]: mean over elements of (lambda / g^2)(sigma) (out - target)^2, which is
+    lambda(sigma) ||D(x0 + sigma eps, sigma) - x0||^2 / n_elements (Kingma & Gao 2023, eq. 1).
+
+    ``sigma`` is sigma_ve: a scalar, one per sample [B], or any shape that broadcasts against x0 from
+    the left (one noise level per frame, token or element). x0 and eps are fixed inputs, so tests and
+    callers can hold the noise draws fixed. Where the weight is infinite (x0 at sigma = 0 under an
+    SNR-type weight; eps or score at sigma = inf under a weight that stays positive there) the loss
+    is inf or NaN: :class:`Objective` rejects configurations whose noise levels reach such a point.
+    """
+    if x0.ndim < 1 or eps.shape != x0.shape:
+        raise ValueError(
+            f"x0 and eps must have the same shape [B, ...], got {tuple(x0.shape)} and "
+            f"{tuple(eps.shape)}"
+        )
+    if isinstance(weighting, str):
+        weighting = Weighting(weighting)
+    sigma = check_nonnegative(as_tensor(sigma).to(x0.device))
+    out, target = network_output(denoiser, x0, eps, sigma, **cond)
+    if out.shape != x0.shape:
+        raise ValueError(
+            f"the network returned shape {tuple(out.shape)} for input of shape {tuple(x0.shape)}"
+        )
+    g, h = output_slopes(denoiser, sigma, x0)
+    s = broadcast_sigma(sigma.to(torch.float64), x0)
+    error = out - target
+    weight = weighting.output_weight(s, g, h).to(error.dtype)
+    return (weight * error.square()).reshape(x0.shape[0], -1).mean(1)
+
+
+def drop_labels(labels: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
+    """Each label replaced by -1 (the null class) with probability p: classifier-free guidance
+    training (Ho & Salimans 2022)."""
+    if not 0 <= p <= 1:
+        raise ValueError(f"label dropout must be a probability in [0, 1], got {p}")
+    device = generator.device if generator is not None else labels.device
+    u = torch.rand(labels.shape, generator=generator, dtype=torch.float64, device=device)
+    return torch.where(u.to(labels.device) < p, -1, labels)
+
+
+def immiscible_assignment(x0: Tensor, eps: Tensor) -> Tensor:
+    """The permutation pi minimizing sum_i ||x0_i - eps_pi(i)||^2 over the batch, so eps[pi] is the
+    noise assigned to x0 (Li et al. 2024, immiscible diffusion; a linear assignment problem)."""
+    try:
+        from scipy.optimize import linear_sum_assignment
+    except ImportError:
+        raise ImportError(
+            "immiscible diffusion needs scipy: pip install 'difflab[schedules]'"
+        ) from None
+    if eps.shape != x0.shape:
+        raise ValueError(
+            f"x0 and eps must have the same shape, got {tuple(x0.shape)} and {tuple(eps.shape)}"
+        )
+    a = x0.detach().reshape(x0.shape[0], -1).to(torch.float64)
+    b = eps.detach().reshape(eps.shape[0], -1).to(torch.float64)
+    cost = torch.cdist(a, b).square()
+    _, cols = linear_sum_assignment(cost.cpu().numpy())
+    return torch.as_tensor(cols, dtype=torch.long, device=eps.device)
+
+
+class Draw(NamedTuple):
+    """One batch's random draws: noise levels sigma_ve [B], unit noise like x0, (dropped) labels."""
+
+    sigma: Tensor
+    eps: Tensor
+    labels: Tensor | None
+
+
+class Objective:
+    """A training objective: prediction type, loss weighting, noise-level distribution, label dropout
+    and immiscible noise assignment, in the sigma_ve convention of DESIGN.md.
+
+    ``Objective(process, prediction="v", weighting="min_snr", noise_levels="uniform_t", gamma=5)``;
+    ``options`` are the weighting's (``gamma``, ``sigma_data``), the noise levels' (``t_min``,
+    ``t_max``, ``p_mean``, ``p_std``, ``logit_mean``, ``logit_std``) and, for prediction "edm", the
+    preconditioning's ``sigma_data``. ``objective.denoiser(net)`` is the matching difflab denoiser, so
+    sampling uses exactly the training parameterization.
+    """
+
+    def __init__(
+        self,
+        process: Process | str,
+        prediction: str = "eps",
+        weighting: str = "uniform",
+        noise_levels: str = "uniform_t",
+        label_dropout: float = 0.0,
+        immiscible: bool = False,
+        time_input: str = "t",
+        stratified: bool = False,
+        **options: Any,
+    ) -> None:
+        self.process = processes.get(process) if isinstance(process, str) else process
+        if prediction not in PREDICTIONS:
+            raise unknown_name("prediction type", prediction, PREDICTIONS)
+        if time_input not in pz.TIME_INPUTS:
+            raise unknown_name("time input", time_input, pz.TIME_INPUTS)
+        if not 0 <= label_dropout <= 1:
+            raise ValueError(f"label_dropout must be a probability in [0, 1], got {label_dropout}")
+        weighting_options = Weighting.options_of(weighting)
+        level_options = NoiseLevels.options_of(noise_levels)
+        precond_options = {"sigma_data": 0.5} if prediction == "edm" else {}
+        valid = {**weighting_options, **level_options, **precond_options}
+        for key in options:
+            if key not in valid:
+                raise ValueError(
+                    f"option {key!r} does not apply to prediction {prediction!r}, weighting "
+                    f"{weighting!r} and noise levels {noise_levels!r}; valid options: "
+                    f"{', '.join(valid) or 'none'}"
+                )
+        self.prediction, self.time_input = prediction, time_input
+        self.label_dropout, self.immiscible = float(label_dropout), bool(immiscible)
+        self.weighting = Weighting(
+            weighting, **{k: v for k, v in options.items() if k in weighting_options}
+        )
+        self.noise_levels = NoiseLevels(
+            noise_levels,
+            self.process,
+            stratified,
+            **{k: v for k, v in options.items() if k in level_options},
+        )
+        self.sigma_data = options.get("sigma_data", 0.5) if prediction == "edm" else None
+        self._check_weight_bounded()
+
+    def _check_weight_bounded(self) -> None:
+        """The loss weight must be finite at the extreme noise levels the distribution can draw."""
+        u = torch.tensor([0.0, 1 - 2.0**-53], dtype=torch.float64)  # torch.rand's extremes
+        sigma = self.noise_levels.sample_of(u)
+        like = torch.zeros(2, 1, dtype=torch.float64)
+        weight = self.weighting.output_weight(
+            sigma[:, None], *output_slopes(self.denoiser(None), sigma, like)
+        )
+        for s, w in zip(sigma.tolist(), weight.flatten().tolist()):
+            if not math.isfinite(w):
+                raise ValueError(
+                    f"the {self.weighting.name!r} weighting is infinite on a {self.prediction!r} "
+                    f"output at sigma = {s}, which noise levels {self.noise_levels.name!r} reach, so "
+                    "the loss would be inf or NaN there: pick another prediction type, weighting "
+                    "or noise-level range"
+                )
+
+    def denoiser(self, net: nn.Module | Callable[..., Tensor]) -> Wrapper:
+        """The difflab denoiser D(x, sigma) around ``net(x_t, time, **cond)`` for this objective."""
+        if self.prediction == "edm":
+            return EDMPrecond(net, sigma_data=self.sigma_data)
+        return Denoiser(net, self.process, self.prediction, self.time_input)
+
+    def draw(
+        self,
+        x0: Tensor,
+        labels: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Draw:
+        """sigma ~ the noise levels, eps ~ N(0, I) (assigned to x0 when immiscible), labels dropped
+        with probability label_dropout; drawn in this order from ``generator``."""
+        if x0.ndim < 1:
+            raise ValueError("x0 must have a batch dimension [B, ...]")
+        device = generator.device if generator is not None else x0.device
+        sigma = self.noise_levels(x0.shape[0], generator, device).to(x0.device)
+        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=device)
+        eps = eps.to(x0.device)
+        if self.immiscible:
+            eps = eps[immiscible_assignment(x0, eps)]
+        if labels is not None and self.label_dropout > 0:
+            labels = drop_labels(labels, self.label_dropout, generator)
+        return Draw(sigma, eps, labels)
+
+    def loss(
+        self,
+        net: nn.Module | Callable[..., Tensor],
+        x0: Tensor,
+        labels: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        **cond: Any,
+    ) -> tuple[Tensor, Tensor]:
+        """(mean loss, per-sample losses [B]) for one batch; ``net`` is a raw network (wrapped by
+        :meth:`denoiser`) or a difflab Denoiser / EDMPrecond used as it is. Labels go to the network
+        as ``labels=`` (after dropout); other keyword arguments pass through."""
+        den = net if isinstance(net, (Denoiser, EDMPrecond)) else self.denoiser(net)
+        draw = self.draw(x0, labels, generator)
+        if draw.labels is not None:
+            cond = {**cond, "labels": draw.labels}
+        per_sample = denoising_loss(den, x0, draw.eps, draw.sigma, self.weighting, **cond)
+        return per_sample.mean(), per_sample
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """JSON-able description; ``Objective.from_config(o.config)`` rebuilds it."""
+        options = {**self.weighting.options, **self.noise_levels.options}
+        if self.prediction == "edm":
+            options["sigma_data"] = self.sigma_data
+        return {
+            "process": self.process.config(),
+            "prediction": self.prediction,
+            "weighting": self.weighting.name,
+            "noise_levels": self.noise_levels.name,
+            "label_dropout": self.label_dropout,
+            "immiscible": self.immiscible,
+            "time_input": self.time_input,
+            "stratified": self.noise_levels.stratified,
+            **options,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Objective:
+        """Inverse of :attr:`config`."""
+        config = dict(config)
+        if "process" not in config:
+            raise ValueError("objective config has no 'process'")
+        return cls(processes.from_config(config.pop("process")), **config)
+
+    def __repr__(self) -> str:
+        return (
+            f"Objective({self.process!r}, prediction={self.prediction!r}, "
+            f"weighting={self.weighting!r}, noise_levels={self.noise_levels!r}, "
+            f"label_dropout={self.label_dropout}, immiscible={self.immiscible})"
+        )
