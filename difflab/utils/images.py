@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from difflab.utils.files import atomic_write_bytes
 
-__all__ = ["colormap", "panels", "save_png", "scatter"]
+__all__ = ["colormap", "image_grid", "panels", "save_png", "scatter"]
 
 # a perceptually ordered dark-to-bright ramp (close to matplotlib's "magma")
 _RAMP = np.array(
@@ -68,6 +68,42 @@ def panels(images: list[tuple[str, np.ndarray]], caption: str = "") -> Image.Ima
     if caption:
         draw.text((pad, h + head + 4), caption, fill=(60, 60, 60), font=font)
     return canvas
+
+
+def image_grid(
+    images: np.ndarray,
+    nrow: int | None = None,
+    titles: list[str] | None = None,
+    scale: int = 2,
+    pad: int = 2,
+) -> Image.Image:
+    """Tile uint8 images [N, H, W] or [N, C, H, W] (C = 1 or 3) into rows of ``nrow``, each enlarged
+    ``scale`` times, with an optional title per row (e.g. its class label) at the left."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[:, None]
+    if images.ndim != 4 or images.shape[1] not in (1, 3) or images.dtype != np.uint8:
+        raise ValueError(
+            f"expected uint8 images [N, H, W] or [N, 1|3, H, W], got {images.dtype} {images.shape}"
+        )
+    n, _, h, w = images.shape
+    nrow = nrow or max(1, int(np.ceil(np.sqrt(n))))
+    rows = -(-n // nrow)
+    tiles = np.repeat(np.repeat(images.transpose(0, 2, 3, 1), scale, 1), scale, 2)
+    if tiles.shape[-1] == 1:
+        tiles = np.repeat(tiles, 3, -1)
+    th, tw = h * scale + pad, w * scale + pad
+    left = 28 if titles else 0
+    canvas = np.full((rows * th + pad, left + nrow * tw + pad, 3), 255, dtype=np.uint8)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, nrow)
+        canvas[pad + r * th : (r + 1) * th, left + pad + c * tw : left + (c + 1) * tw] = tile
+    image = Image.fromarray(canvas)
+    if titles:
+        draw, font = ImageDraw.Draw(image), ImageFont.load_default(size=14)
+        for r, title in enumerate(titles[:rows]):
+            draw.text((4, pad + r * th + (th - 16) // 2), title, fill="black", font=font)
+    return image
 
 
 def save_png(image: Image.Image, path: str | os.PathLike[str]) -> None:

@@ -1,0 +1,106 @@
+"""Training configurations: a TOML file, defaults for everything it leaves out, and ``key=value``
+overrides from the command line. Unknown keys are errors that name the nearest valid key."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from difflab.core.tensors import unknown_name
+from difflab.utils.weights import read_config
+
+__all__ = ["DEFAULTS", "apply_overrides", "load_config", "merge_defaults"]
+
+# Sections whose keys are free-form (passed on to another component that validates them).
+FREE_SECTIONS = ("model", "objective", "data")
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "run": {
+        "name": "run",
+        "out": "runs",
+        "seed": 0,
+        "steps": 1000,
+        "log_every": 50,
+        "checkpoint_every": 500,
+        "keep": 2,
+        "sample_every": 0,
+        "val_every": 0,
+        "val_batches": 4,
+        "threads": 0,
+        "max_bad_steps": 5,
+    },
+    "data": {"name": "mnist", "split": "train", "val_split": "test"},
+    "model": {"type": "unet"},
+    "objective": {},
+    "optim": {
+        "lr": 2e-4,
+        "betas": [0.9, 0.999],
+        "eps": 1e-8,
+        "weight_decay": 0.0,
+        "batch_size": 128,
+        "accumulate": 1,
+        "grad_clip": 1.0,
+        "schedule": "constant",
+        "warmup": 0,
+        "min_factor": 0.0,
+    },
+    "ema": {"kind": "power", "sigma_rel": 0.05, "decay": 0.999},
+    "precision": {"autocast": "none", "channels_last": False},
+    "sample": {
+        "sampler": "dpmpp_2m",
+        "schedule": "karras",
+        "steps": 20,
+        "n": 64,
+        "guidance": 1.0,
+    },
+}
+
+
+def merge_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """The full configuration: ``config`` over DEFAULTS, with unknown sections and keys refused."""
+    out = copy.deepcopy(DEFAULTS)
+    for section, values in config.items():
+        if section not in DEFAULTS:
+            raise unknown_name("config section", section, DEFAULTS)
+        if not isinstance(values, dict):
+            raise ValueError(f"config section [{section}] must be a table, got {values!r}")
+        for key, value in values.items():
+            if section not in FREE_SECTIONS and key not in DEFAULTS[section]:
+                raise unknown_name(f"key in [{section}]", key, DEFAULTS[section])
+            out[section][key] = copy.deepcopy(value)
+    return out
+
+
+def _parse_value(text: str) -> Any:
+    """A TOML value (number, bool, string, array, inline table); bare words are strings."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(config: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (nested keys allowed: ``model.channel_mult=[1,2]``)."""
+    config = copy.deepcopy(config)
+    for item in overrides:
+        path, sep, text = item.partition("=")
+        keys = path.strip().split(".")
+        if not sep or len(keys) < 2 or not all(keys):
+            raise ValueError(f"override {item!r} must look like section.key=value")
+        node = config.setdefault(keys[0], {})
+        for key in keys[1:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {key} is not a table")
+        node[keys[-1]] = _parse_value(text.strip())
+    return config
+
+
+def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """Read a TOML/JSON training config, apply overrides, fill in defaults and validate keys."""
+    config = read_config(path) if path is not None else {}
+    return merge_defaults(apply_overrides(config, overrides))
