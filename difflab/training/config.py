@@ -4,11 +4,10 @@ overrides from the command line. Unknown keys are errors that name the nearest v
 from __future__ import annotations
 
 import copy
+import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from difflab.core.tensors import unknown_name
 from difflab.utils.weights import read_config

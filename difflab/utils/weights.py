@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import safetensors.torch
-import tomllib
 import torch
 from safetensors import SafetensorError
 from torch import Tensor, nn
