@@ -1,0 +1,169 @@
+"""Where models are found: shipped ones by name, local model folders by path, and folders under
+``$DIFFLAB_MODELS`` (a list of folders, separated like PATH) by their name."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from difflab import models
+from difflab.core.tensors import unknown_name
+from difflab.pretrained.model import (
+    CONFIG,
+    FORMAT,
+    SHIPPED,
+    WEIGHTS,
+    Model,
+    model_name,
+    read_model_config,
+)
+
+__all__ = [
+    "MODELS_ENV",
+    "available",
+    "describe",
+    "find_local",
+    "is_model_folder",
+    "load",
+    "model_folders",
+    "model_name",
+    "named",
+    "resolve",
+]
+
+MODELS_ENV = "DIFFLAB_MODELS"
+LOCAL_PATTERNS = ("runs/*/model", "models/*")  # searched in the current folder by default
+
+
+def is_model_folder(path: Path) -> bool:
+    """Whether ``path`` looks like a model folder: a config.json beside model.safetensors, or a
+    config.json in the model format (a run folder's training config.json is neither)."""
+    path = Path(path)
+    if not (path / CONFIG).is_file():
+        return False
+    return (path / WEIGHTS).is_file() or _has_model_format(path)
+
+
+def _has_model_format(folder: Path) -> bool:
+    """Whether the folder's config.json says it is a difflab model (other networks, such as the
+    metrics' MNIST classifier, ship beside the models)."""
+    try:
+        return json.loads((folder / CONFIG).read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def available() -> list[str]:
+    """Names of the models shipped with difflab."""
+    return sorted(p.name for p in SHIPPED.iterdir() if is_model_folder(p) and _has_model_format(p))
+
+
+def model_folders(root: Path) -> list[Path]:
+    """``root`` (or ``root/model``) when it is a model folder, else its subfolders that are (or
+    hold one as ``model/``, as a training run's folder does)."""
+    root = Path(root)
+    for folder in (root, root / "model"):
+        if is_model_folder(folder):
+            return [folder]
+    if not root.is_dir():
+        return []
+    found = []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        found.extend(f for f in (sub, sub / "model") if is_model_folder(f))
+    return found
+
+
+def _env_folders() -> list[Path]:
+    roots = [Path(p) for p in os.environ.get(MODELS_ENV, "").split(os.pathsep) if p]
+    return [f for root in roots for f in model_folders(root)]
+
+
+def named() -> dict[str, Path]:
+    """Model name -> folder: the shipped models, then those under $DIFFLAB_MODELS (first wins)."""
+    found = {name: SHIPPED / name for name in available()}
+    for folder in _env_folders():
+        found.setdefault(model_name(folder), folder)
+    return found
+
+
+def _looks_like_path(text: str) -> bool:
+    return "/" in text or os.sep in text or text.startswith((".", "~"))
+
+
+def resolve(name_or_path: str | os.PathLike[str]) -> Path:
+    """The folder of a model name (shipped first, then $DIFFLAB_MODELS) or of a path (a model folder,
+    its config.json or model.safetensors, or a training run's folder holding ``model/``). Names win
+    over paths: write ./mnist for a folder called mnist."""
+    key = str(name_or_path)
+    known = named()
+    if isinstance(name_or_path, str) and key in known:
+        return known[key]
+    path = Path(name_or_path).expanduser()
+    if path.is_file() and path.name in (CONFIG, WEIGHTS):
+        return path.parent
+    if path.is_dir() and not is_model_folder(path) and is_model_folder(path / "model"):
+        return path / "model"  # a training run's folder
+    if path.exists():
+        return path
+    if not isinstance(name_or_path, str) or _looks_like_path(key):
+        raise FileNotFoundError(f"model folder {path} does not exist")
+    raise unknown_name("model", key, known)
+
+
+def load(name_or_path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Model:
+    """The model called ``name_or_path`` (see :func:`available`) or saved in that folder, on
+    ``device``: ``difflab.load("mnist").sample(16, labels=3)``."""
+    return Model.from_folder(resolve(name_or_path), device)
+
+
+def find_local(roots: Iterable[str | os.PathLike[str]] | None = None) -> list[Path]:
+    """Local model folders: those in or under ``roots`` (default: ./runs/*/model and ./models/*),
+    then those under $DIFFLAB_MODELS; each once."""
+    if roots is None:
+        candidates = [p for pattern in LOCAL_PATTERNS for p in sorted(Path().glob(pattern))]
+    else:
+        candidates = [Path(r) for r in roots]
+    folders = [f for c in candidates for f in model_folders(c)] + _env_folders()
+    seen, unique = set(), []
+    for f in folders:
+        if f.resolve() not in seen:
+            seen.add(f.resolve())
+            unique.append(f)
+    return unique
+
+
+def _parameter_count(network: dict[str, Any], where: Path) -> int:
+    """Parameters of the network a config describes, built on the meta device (no memory, no
+    weights read)."""
+    try:
+        with torch.device("meta"):
+            return models.parameter_count(models.build(network))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: cannot build its network: {e}") from None
+
+
+def describe(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """What a model folder holds, without building the network: name, network type, sample shape,
+    classes, parameter count, training steps, process and prediction."""
+    folder = Path(folder)
+    config = read_model_config(folder)
+    if not (folder / WEIGHTS).is_file():
+        raise FileNotFoundError(f"{folder} is not a model folder: it has no {WEIGHTS}")
+    objective = config["objective"]
+    process = objective.get("process", {})
+    return {
+        "name": model_name(folder),
+        "path": folder,
+        "type": config["network"].get("type", "?"),
+        "shape": tuple(config["data"]["shape"]),
+        "num_classes": config["data"]["num_classes"],
+        "parameters": _parameter_count(config["network"], folder / CONFIG),
+        "steps": config.get("training", {}).get("steps"),
+        "process": process.get("name", "?") if isinstance(process, dict) else str(process),
+        "prediction": objective.get("prediction", "?"),
+    }
