@@ -1,0 +1,218 @@
+"""The MNIST feature network: a small CNN classifier whose penultimate layer is the feature space for
+Fréchet distance, precision/recall and MMD of MNIST samples, and whose logits score the class accuracy
+of conditional samples (the MNIST stand-in for the Inception network of FID, Heusel et al. 2017).
+
+The shipped weights live in ``difflab/pretrained/mnist_classifier`` (model.safetensors + config.json);
+``python -m difflab.metrics.train_mnist`` retrains them with :func:`train_classifier` and records the
+test-split accuracy in the config.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from difflab import data
+from difflab.utils.weights import (
+    load_state_dict_strict,
+    load_weights,
+    read_config,
+    save_weights,
+    write_config,
+)
+
+__all__ = [
+    "WEIGHTS_DIR",
+    "MnistClassifier",
+    "class_accuracy",
+    "load",
+    "mnist_features",
+    "save",
+    "train_classifier",
+]
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "pretrained" / "mnist_classifier"
+TRAIN_COMMAND = "python -m difflab.metrics.train_mnist"
+
+
+class MnistClassifier(nn.Module):
+    """Conv blocks (3x3 conv, batch norm, ReLU, 2x2 max-pool) then a ``features``-wide ReLU layer
+    (the feature space) and a linear classifier; input [B, 1, 28, 28] in [-1, 1]."""
+
+    def __init__(
+        self, channels: tuple[int, ...] = (16, 32, 64), features: int = 128, classes: int = 10
+    ) -> None:
+        super().__init__()
+        self.config = {"channels": list(channels), "features": features, "classes": classes}
+        blocks: list[nn.Module] = []
+        width, size = 1, 28
+        for c in channels:
+            blocks += [
+                nn.Conv2d(width, c, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
+            width, size = c, size // 2
+        self.conv = nn.Sequential(*blocks)
+        self.embed = nn.Sequential(
+            nn.Flatten(), nn.Linear(width * size * size, features), nn.ReLU()
+        )
+        self.head = nn.Sequential(nn.Dropout(0.25), nn.Linear(features, classes))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(features [B, features], logits [B, classes])."""
+        f = self.embed(self.conv(x))
+        return f, self.head(f)
+
+
+def save(model: MnistClassifier, folder: str | Path, info: dict) -> None:
+    """Write model.safetensors and config.json (architecture plus ``info``) atomically."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_weights(folder / "model.safetensors", model.state_dict())
+    write_config(
+        folder / "config.json", {"architecture": "MnistClassifier", **model.config, **info}
+    )
+
+
+def load(folder: str | Path | None = None) -> MnistClassifier:
+    """The classifier in eval mode from ``folder`` (default: the shipped weights), read with
+    safetensors (no pickle)."""
+    folder = WEIGHTS_DIR if folder is None else Path(folder)
+    config = read_config(folder / "config.json")
+    if config.get("architecture") != "MnistClassifier":
+        raise ValueError(
+            f"{folder / 'config.json'} names architecture {config.get('architecture')!r}, "
+            "expected 'MnistClassifier'"
+        )
+    model = MnistClassifier(tuple(config["channels"]), config["features"], config["classes"])
+    weights = load_weights(folder / "model.safetensors")
+    return load_state_dict_strict(model, weights, str(folder / "model.safetensors")).eval()
+
+
+@functools.cache
+def _shipped() -> MnistClassifier:
+    return load()
+
+
+def _as_input(images: Tensor) -> Tensor:
+    """[B, 1, 28, 28] float in [-1, 1] from uint8 (k / 127.5 - 1) or float [-1, 1] images shaped
+    [B, 28, 28], [B, 1, 28, 28] or the 32 x 32 zero-padded layout (centre-cropped)."""
+    if images.ndim == 3:
+        images = images[:, None]
+    if images.ndim != 4 or images.shape[1] != 1 or images.shape[2:] not in ((28, 28), (32, 32)):
+        raise ValueError(
+            f"MNIST images must be [B, 1, 28, 28] (or [B, 28, 28], or 32 x 32 padded), "
+            f"got shape {tuple(images.shape)}"
+        )
+    if images.shape[2] == 32:
+        images = images[:, :, 2:30, 2:30]
+    if images.dtype == torch.uint8:
+        return data.from_uint8(images)
+    if not images.is_floating_point():
+        raise ValueError(f"images must be uint8 or float in [-1, 1], got dtype {images.dtype}")
+    return images.float()
+
+
+@torch.no_grad()
+def mnist_features(
+    images: Tensor, model: MnistClassifier | None = None, batch_size: int = 1000
+) -> tuple[Tensor, Tensor]:
+    """(features [B, 128], logits [B, 10]) of MNIST images (uint8, or float in [-1, 1]) under the
+    shipped classifier (or ``model``), evaluated in batches on the images' device."""
+    model = _shipped() if model is None else model
+    x = _as_input(images)
+    model = model.to(x.device)
+    outputs = [model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    if not outputs:
+        raise ValueError("no images given")
+    return torch.cat([f for f, _ in outputs]), torch.cat([g for _, g in outputs])
+
+
+def class_accuracy(images: Tensor, labels: Tensor, model: MnistClassifier | None = None) -> float:
+    """Fraction of images the classifier assigns to their intended class: mean 1[argmax logits = y]
+    (the classification accuracy of conditional samples)."""
+    labels = torch.as_tensor(labels)
+    if labels.shape != (len(images),):
+        raise ValueError(f"need one label per image ({len(images)}), got {tuple(labels.shape)}")
+    _, logits = mnist_features(images, model)
+    return float((logits.argmax(1).cpu() == labels.cpu()).double().mean())
+
+
+def _shift(x: Tensor, pad: int, generator: torch.Generator) -> Tensor:
+    """Each image translated by its own random offset in [-pad, pad]^2 (zero-padded with -1)."""
+    b, _, h, w = x.shape
+    padded = nn.functional.pad(x, (pad, pad, pad, pad), value=-1.0)
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, b, 1), generator=generator)
+    rows = (dy + torch.arange(h))[:, :, None]
+    cols = (dx + torch.arange(w))[:, None, :]
+    return padded[torch.arange(b)[:, None, None], 0, rows, cols][:, None]
+
+
+def train_classifier(
+    channels: tuple[int, ...] = (16, 32, 64),
+    epochs: int = 4,
+    batch_size: int = 128,
+    lr: float = 3e-3,
+    shift: int = 2,
+    seed: int = 0,
+    log: bool = True,
+) -> tuple[MnistClassifier, dict]:
+    """Train the classifier on the MNIST training split (60k) with random shifts of up to ``shift``
+    pixels, AdamW and a one-cycle learning rate; return it with its test-split (10k) accuracy."""
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    start, cpu_start = time.perf_counter(), time.process_time()
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    train, test = data.load("mnist", "train"), data.load("mnist", "test")
+    (train_x, train_y), (test_x, test_y) = (train.x, train.labels), (test.x, test.labels)
+    model = MnistClassifier(channels)
+    steps = epochs * math.ceil(len(train_x) / batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(train_x), generator=g)
+        total = 0.0
+        for i in range(0, len(order), batch_size):
+            idx = order[i : i + batch_size]
+            _, logits = model(_shift(train_x[idx], shift, g))
+            loss = nn.functional.cross_entropy(logits, train_y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        model.eval()
+        if log or epoch + 1 == epochs:
+            acc = class_accuracy(test_x, test_y, model)
+        if log:
+            print(
+                f"epoch {epoch + 1}/{epochs}: train loss {total / len(train_x):.4f}, "
+                f"test accuracy {acc:.4f}, {time.perf_counter() - start:.0f} s",
+                flush=True,
+            )
+    info = {
+        "test_accuracy": acc,
+        "train_seconds": round(time.perf_counter() - start, 1),
+        "train_cpu_seconds": round(time.process_time() - cpu_start, 1),
+        "training": {
+            "command": TRAIN_COMMAND,
+            "data": "MNIST training split (60000 images); accuracy on the test split (10000)",
+            "input": "[B, 1, 28, 28], uint8 k mapped to k / 127.5 - 1",
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "augmentation": f"random shifts of up to {shift} pixels",
+            "seed": seed,
+            "threads": torch.get_num_threads(),
+        },
+    }
+    return model, info
