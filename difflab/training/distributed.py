@@ -13,6 +13,7 @@ import torch.distributed as td
 from torch import nn
 
 __all__ = [
+    "any_rank",
     "barrier",
     "device",
     "initialized",
@@ -89,6 +90,15 @@ def mean(value: float) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device())
     td.all_reduce(t)
     return float(t) / world_size()
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is set on any process (so that all of them stop at the same step)."""
+    if world_size() == 1:
+        return flag
+    t = torch.tensor([int(flag)], device=device())
+    td.all_reduce(t, op=td.ReduceOp.MAX)
+    return bool(t)
 
 
 def barrier() -> None:

@@ -5,6 +5,8 @@ resume bit-identically, and data-parallel training with torchrun (DDP).
 One step at global batch B: every rank draws the same B indices, noise levels, noises and label
 dropouts from the run's generator, then computes the loss of its own B / world slice; DDP averages the
 gradients. So a run's result does not depend on the number of processes, up to float rounding.
+Dropout masks come from the global RNG, seeded at each step from (seed, step, rank): they need no
+saved state and differ across ranks.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
@@ -26,6 +29,7 @@ from difflab import data as datasets
 from difflab import models
 from difflab.core import processes
 from difflab.core.tensors import unknown_name
+from difflab.data import Dataset
 from difflab.training import distributed as dist
 from difflab.training.checkpoint import (
     get_rng_state,
@@ -85,6 +89,24 @@ class DataOrder:
         self._perm = self._permutation(self.epoch)
 
 
+def _for_network(data: Dataset, net: nn.Module) -> Dataset:
+    """The data set as the network sees it: without labels for an unconditional network."""
+    classes = int(getattr(net, "num_classes", 0))
+    if classes == 0:
+        return data if data.labels is None else Dataset(data.x, name=data.name)
+    if data.labels is None:
+        raise ValueError(
+            f"the network is class-conditional (num_classes={classes}) but data set {data.name!r} "
+            "has no labels: set model.num_classes = 0"
+        )
+    if data.num_classes > classes:
+        raise ValueError(
+            f"data set {data.name!r} has {data.num_classes} classes but the network "
+            f"{classes} (model.num_classes)"
+        )
+    return data
+
+
 def _objective(config: dict[str, Any]) -> Objective:
     config = dict(config)
     process = config.get("process", "vp_cosine")
@@ -93,17 +115,22 @@ def _objective(config: dict[str, Any]) -> Objective:
 
 
 class _Interrupt:
-    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the end of the step and stops."""
+    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the end of the step and stops.
+    A second signal acts as it would without the loop (Ctrl-C twice stops at once)."""
 
     def __init__(self) -> None:
         self.requested = False
 
     @contextmanager
     def installed(self) -> Iterator[None]:
+        old: dict[int, Any] = {}
+
         def handle(signum: int, frame: Any) -> None:
             self.requested = True
+            signal.signal(signum, old.get(signum) or signal.SIG_DFL)
 
-        old = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in (signal.SIGINT, signal.SIGTERM):
+            old[s] = signal.signal(s, handle)
         try:
             yield
         finally:
@@ -145,12 +172,17 @@ class Trainer:
 
         torch.manual_seed(run["seed"])  # network initialization
         self.net = models.build(config["model"]).to(self.device)
+        self.data = _for_network(self.data, self.net)
+        if self.val_data is not None:
+            self.val_data = _for_network(self.val_data, self.net)
         self.channels_last = bool(config["precision"]["channels_last"]) and self.data.x.ndim == 4
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         if config["precision"]["autocast"] not in AUTOCAST:
             raise unknown_name("autocast precision", config["precision"]["autocast"], AUTOCAST)
         self.autocast = AUTOCAST[config["precision"]["autocast"]]
+        # fp16 needs loss scaling against gradient underflow (Micikevicius et al. 2018); bf16 not
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast is torch.float16)
         self.ema = EMA(self.net, **config["ema"])
         self.model = dist.wrap(self.net)
         self.optimizer = torch.optim.AdamW(
@@ -171,13 +203,19 @@ class Trainer:
         self.order = DataOrder(len(self.data), run["seed"])
         self.generator = torch.Generator().manual_seed(run["seed"] + 1)
         self.step, self.bad_steps, self.records = 0, 0, []
+        if run["max_bad_steps"] < 1:
+            raise ValueError(f"run.max_bad_steps must be >= 1, got {run['max_bad_steps']}")
+        self.rolled_back_to: int | None = None  # the checkpoint step of the last rollback
         self.finished = False
         self.interrupt = _Interrupt()
 
     # ------------------------------------------------------------------ state
 
     def _data_state(self) -> dict[str, Any]:
-        return {"order": self.order.state_dict(), "generator": self.generator.get_state()}
+        state = {"order": self.order.state_dict(), "generator": self.generator.get_state()}
+        if self.scaler.is_enabled():
+            state["scaler"] = self.scaler.state_dict()
+        return state
 
     def save(self) -> Path:
         """A checkpoint of everything the run needs to continue exactly (rank 0 writes)."""
@@ -208,6 +246,8 @@ class Trainer:
         set_rng_state(ckpt.rng_state)
         self.order.load_state_dict(ckpt.data_state["order"])
         self.generator.set_state(ckpt.data_state["generator"])
+        if self.scaler.is_enabled() and "scaler" in ckpt.data_state:
+            self.scaler.load_state_dict(ckpt.data_state["scaler"])
         self.step = ckpt.step
         self.records = [r for r in self._read_records() if r["step"] <= self.step]
         return True
@@ -241,10 +281,19 @@ class Trainer:
         x = x.to(self.device)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    def _dropout_seed(self) -> int:
+        """The global RNG's seed for this step on this rank (it drives dropout)."""
+        key = [self.config["run"]["seed"], self.step, self.rank]
+        return int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0])
+
     def train_step(self) -> dict[str, float]:
         """Draw the global batch, accumulate gradients of this rank's slice, clip, guard, update."""
         optim = self.config["optim"]
         batch, accumulate = optim["batch_size"], optim["accumulate"]
+        seed = self._dropout_seed()
+        torch.default_generator.manual_seed(seed)  # torch.manual_seed also queues lazy device seeds
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed(seed)
         x0, labels = self.data[self.order.next(batch)]
         draw = self.objective.draw(x0, labels, self.generator)
         local = slice(self.rank * batch // self.world, (self.rank + 1) * batch // self.world)
@@ -265,8 +314,9 @@ class Trainer:
                     **cond,
                 )
                 loss = losses.float().sum() / (batch // self.world)
-            loss.backward()
+            self.scaler.scale(loss).backward()
             total += float(loss.detach())
+        self.scaler.unscale_(self.optimizer)
         clip = optim["grad_clip"] or math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.net.parameters(), clip))
         total = dist.mean(total)
@@ -274,10 +324,18 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = optim["lr"] * factor
         if not (math.isfinite(total) and math.isfinite(grad_norm)):
+            # fp16 gradients beyond its range at a loss scale >= 1: retry at a smaller scale
+            overflow = (
+                math.isfinite(total) and self.scaler.is_enabled() and self.scaler.get_scale() >= 1
+            )
+            self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
+            if overflow:
+                return {"loss": total, "grad_norm": grad_norm, "overflow": 1.0}
             self.bad_steps += 1
             return {"loss": total, "grad_norm": grad_norm, "skipped": 1.0}
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.update(self.net)
         self.bad_steps = 0
@@ -308,17 +366,28 @@ class Trainer:
         return float(torch.stack(losses).mean())
 
     def _rollback(self) -> None:
-        """After repeated non-finite steps: back to the last good checkpoint with fresh draws."""
+        """After repeated non-finite steps: back to the last checkpoint with fresh draws. The log
+        keeps its events (skips, rollbacks) but drops the records of the abandoned steps."""
         path = latest_checkpoint(self.run_dir)
+        failed, bad = self.step + 1, self.bad_steps
+        advice = "lower the learning rate or check the data for NaN/inf values"
         if path is None:
-            raise RuntimeError(
-                f"{self.bad_steps} consecutive steps had a non-finite loss or gradient and there is "
-                "no checkpoint to roll back to: lower the learning rate or check the data"
+            raise ValueError(
+                f"{bad} consecutive attempts at step {failed} had a non-finite loss or gradient "
+                f"and there is no checkpoint to roll back to: {advice}"
             )
-        skipped_generator = self.generator.get_state()
+        records, skipped_generator = self.records, self.generator.get_state()
         self.resume(path)
+        if self.step == self.rolled_back_to:
+            raise ValueError(
+                f"training failed again with {bad} non-finite steps in a row at step {failed} "
+                f"after rolling back to the checkpoint of step {self.step}: {advice}"
+            )
+        self.rolled_back_to = self.step
         self.generator.set_state(skipped_generator)  # do not replay the draws that failed
         self.bad_steps = 0
+        self.records = [r for r in records if r["step"] <= self.step or "event" in r]
+        self._log({"step": failed, "event": f"rolled back to the checkpoint of step {self.step}"})
 
     # ------------------------------------------------------------------ the loop
 
@@ -340,12 +409,15 @@ class Trainer:
         )
         start, start_step = time.perf_counter(), self.step
         with self.interrupt.installed():
-            while self.step < run["steps"] and not self.interrupt.requested:
+            while self.step < run["steps"] and not dist.any_rank(self.interrupt.requested):
                 stats = self.train_step()
+                if stats.get("overflow"):
+                    scale = self.scaler.get_scale()
+                    self._log({"step": self.step + 1, "event": f"fp16 overflow, scale {scale}"})
+                    continue
                 if stats.get("skipped"):
-                    self._log({"step": self.step, "event": "skipped non-finite step", **stats})
+                    self._log({"step": self.step + 1, "event": "skipped non-finite step", **stats})
                     if self.bad_steps >= run["max_bad_steps"]:
-                        self._log({"step": self.step, "event": "rolled back to last checkpoint"})
                         self._rollback()
                     continue
                 self.step += 1
@@ -355,9 +427,10 @@ class Trainer:
         bar.close()
         if self.step > 0 and (not self.records or self.records[-1].get("checkpoint") != self.step):
             self.save()
-        if self.interrupt.requested and self.progress:
+        finished = self.step >= run["steps"]
+        if not finished and self.progress:
             print(f"interrupted: saved step {self.step} to {self.run_dir}", flush=True)
-        return not self.interrupt.requested
+        return finished
 
     def _periodic(self, stats: dict[str, float], start: float, start_step: int) -> None:
         run, n = self.config["run"], self.step

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,9 @@ def preview_samples(
         options["steps"], process.sigma_min, process.sigma_max, process=process
     ).to(device)
     g = torch.Generator(device).manual_seed(seed)
-    x = torch.randn((n, *shape), generator=g, device=device) * sigmas[0]
+    x = torch.randn((n, *shape), generator=g, device=device)
+    if math.isfinite(sigmas[0]):  # a flow starts at sigma = inf from the noise itself
+        x = x * sigmas[0]
     cond = {} if labels is None else {"labels": labels}
     return sampling.get(options["sampler"])(lambda x, s: den(x, s, **cond), x, sigmas), labels
 
