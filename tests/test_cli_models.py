@@ -172,6 +172,8 @@ def test_models_lists_folders_with_their_facts(folders, tmp_path, capsys, monkey
     assert rows["tiny"][4:6] == [f"{tiny.parameter_count / 1e3:.3g}", "k"]
     assert main(["models", "--dir", str(tmp_path / "runs" / "toy")]) == 0
     assert "toy" in capsys.readouterr().out
+    assert main(["models", "--dir", str(tmp_path / "nothing")]) == 2
+    assert "is not a folder" in _one_line_error(capsys, "models")
 
 
 def test_convert_writes_safetensors(tmp_path, capsys):

@@ -96,6 +96,11 @@ def test_names_come_from_shipped_folders_and_the_environment(image_dir, monkeypa
         pretrained.load(tmp_path / "nothing")
     for name in pretrained.available():
         assert (pretrained.resolve(name) / "config.json").is_file()
+    run = tmp_path / "run"  # a training run's folder: its config.json is the training config
+    save_tiny(run / "model", "points")
+    (run / "config.json").write_text('{"run": {"steps": 7}}')
+    assert pretrained.resolve(run) == run / "model"
+    assert pretrained.load(run).name == "run"
 
 
 def test_import_difflab_stays_cheap_and_load_is_lazy():

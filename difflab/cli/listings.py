@@ -6,6 +6,8 @@ import argparse
 import os
 from typing import Any
 
+from difflab.cli.common import CliError
+
 __all__ = ["add"]
 
 
@@ -72,6 +74,9 @@ def _where(where: str) -> str:
 def models(args: argparse.Namespace) -> None:
     from difflab import pretrained
 
+    missing = [d for d in args.dir or [] if not os.path.isdir(d)]
+    if missing:
+        raise CliError(f"--dir {missing[0]} is not a folder")
     shipped = [(pretrained.resolve(name), "shipped") for name in pretrained.available()]
     local = [(folder, str(folder)) for folder in pretrained.find_local(args.dir)]
     if not shipped and not local:

@@ -212,10 +212,12 @@ class Model:
 
     @property
     def device(self) -> torch.device:
+        """The device the network's weights are on."""
         return next(self.network.parameters()).device
 
     @property
     def parameter_count(self) -> int:
+        """Number of the network's parameters."""
         return models.parameter_count(self.network)
 
     @property
