@@ -8,8 +8,8 @@ wall time and as the process's CPU time. On a busy machine the CPU time of a 1-t
 trustworthy number (the wall time then includes waiting for a core); at 2 threads the CPU time also
 counts OpenMP's spinning, so only the wall time on an idle machine says what 2 threads gain.
 
-    .venv/bin/python benchmarks/models.py                      # ~2-4 min on 2 cores
-    .venv/bin/python benchmarks/models.py --threads 1 --reps 2
+    .venv/bin/python benchmarks/models.py                      # ~20 min on 2 idle cores (bf16 ~6x fp32)
+    .venv/bin/python benchmarks/models.py --precisions fp32    # ~3 min
     .venv/bin/python benchmarks/models.py --config '{"type": "dit", "image_size": 28, ...}'
 
 The table goes to stdout as markdown.
