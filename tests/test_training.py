@@ -183,18 +183,23 @@ def difflab_train(config: Path, run_dir: Path, *overrides: str) -> subprocess.Po
 
 
 def test_sigint_saves_a_checkpoint_and_a_rerun_continues_exactly(tmp_path, capsys):
+    """`difflab train` in a subprocess, SIGINT after a few steps; the rerun (the same command line,
+    in this process) continues to the weights of an uninterrupted run, bit for bit."""
     config = write_json(
         tmp_path / "toy.json", mlp_config(run={"steps": 100_000, "checkpoint_every": 100_000})
     )
     run_dir = tmp_path / "run"
     proc = difflab_train(config, run_dir)
-    deadline = time.monotonic() + 120
-    while not (run_dir / "metrics.jsonl").exists() or len(records(run_dir)) < 3:
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "difflab train did not start logging in 120 s"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "metrics.jsonl").exists() or len(records(run_dir)) < 3:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "difflab train did not start logging in 120 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     stopped = load_checkpoint(run_dir).step
