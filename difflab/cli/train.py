@@ -44,6 +44,10 @@ def run(args: argparse.Namespace) -> None:
             objective=trainer.objective,
             data=trainer.data,
             sample=trainer.config["sample"],
-            training={"config": trainer.config, "steps": trainer.step},
+            training={
+                "config": trainer.config,
+                "steps": trainer.step,
+                "command": " ".join(["difflab train --config", str(args.config), *args.overrides]),
+            },
         )
         print(f"wrote {folder}")
