@@ -8,17 +8,8 @@ import pytest
 from PIL import Image
 from test_evaluation import save_tiny_mnist
 
-import difflab.cli
 from difflab import data
 from difflab.cli import main
-
-
-@pytest.fixture(autouse=True)
-def evaluate_commands(monkeypatch):
-    """The commands of difflab.cli.evaluate, added to the command list where it lacks them."""
-    if "evaluate" not in difflab.cli.COMMAND_MODULES:
-        modules = (*difflab.cli.COMMAND_MODULES, "evaluate")
-        monkeypatch.setattr(difflab.cli, "COMMAND_MODULES", modules)
 
 
 @pytest.fixture(scope="module")
