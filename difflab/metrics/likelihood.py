@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from difflab.core.dopri import DP_A, DP_B, DP_C, DP_E
 from difflab.core.tensors import as_tensor, check_finite, unknown_name
 
 __all__ = ["SOLVERS", "Likelihood", "dequantize", "image_bits_per_dim", "log_likelihood"]
@@ -39,25 +40,6 @@ _FIXED = {
         (1 / 6, 1 / 3, 1 / 3, 1 / 6),
     ),
 }
-# Dormand & Prince (1980) 5(4): the 5th-order weights and 5th minus 4th-order weights; the 7th stage
-# is the next step's first (first same as last).
-_DP_C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
-_DP_A = (
-    (),
-    (1 / 5,),
-    (3 / 40, 9 / 40),
-    (44 / 45, -56 / 15, 32 / 9),
-    (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
-    (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
-    (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),
-)
-_DP_B = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0)
-_DP_E = tuple(
-    b - b4
-    for b, b4 in zip(
-        _DP_B, (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40)
-    )
-)
 SOLVERS = (*_FIXED, "dopri5")
 _DIVERGENCES = ("auto", "exact", "hutchinson")
 _PROBES = ("rademacher", "gaussian")
@@ -202,15 +184,15 @@ def _dopri5(
         ha = torch.minimum(h[active], u_end - ua)
         hx = ha.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
         kx, kl = [kx1[active]], [kl1[active]]
-        for cj, aj in zip(_DP_C[1:], _DP_A[1:]):
+        for cj, aj in zip(DP_C[1:], DP_A[1:]):
             xj = xa + hx * sum(w * k for w, k in zip(aj, kx))
             sx, sl = flow(xj, ua + cj * ha, active)
             kx.append(sx)
             kl.append(sl)
-        x_new = xa + hx * sum(w * k for w, k in zip(_DP_B, kx))
-        l_new = la + ha * sum(w * k for w, k in zip(_DP_B, kl))
-        err_x = hx * sum(e * k for e, k in zip(_DP_E, kx))
-        err_l = ha * sum(e * k for e, k in zip(_DP_E, kl))
+        x_new = xa + hx * sum(w * k for w, k in zip(DP_B, kx))
+        l_new = la + ha * sum(w * k for w, k in zip(DP_B, kl))
+        err_x = hx * sum(e * k for e, k in zip(DP_E, kx))
+        err_l = ha * sum(e * k for e, k in zip(DP_E, kl))
         norm_x = err_x / (atol + rtol * torch.maximum(xa.abs(), x_new.abs()))
         norm = torch.maximum(
             norm_x.double().square().flatten(1).mean(1).sqrt(),

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from difflab.core.dopri import DP_A, DP_B, DP_C, DP_E
 from difflab.core.tensors import as_tensor, check_nonnegative
 
 __all__ = ["FlowSolution", "GaussianMixture", "gaussian", "random_mixture", "ring2d", "stiff"]
@@ -39,26 +40,6 @@ class FlowSolution:
     x: Tensor
     steps: int  # adaptive steps taken by the slowest sample
     evaluations: int  # score evaluations, summed over samples
-
-
-# Dormand & Prince (1980) 5(4) tableau: nodes, stages, 5th-order weights, 5th minus 4th-order weights.
-_DP_C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
-_DP_A = (
-    (),
-    (1 / 5,),
-    (3 / 40, 9 / 40),
-    (44 / 45, -56 / 15, 32 / 9),
-    (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
-    (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
-    (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),
-)
-_DP_B = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0)
-_DP_E = tuple(
-    b - b4
-    for b, b4 in zip(
-        _DP_B, (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40)
-    )
-)
 
 
 class GaussianMixture:
@@ -229,11 +210,11 @@ class GaussianMixture:
             xa, ua, rest = y[active], u[active], u_end[active] - u[active]
             ha = torch.sign(rest) * torch.minimum(h[active].abs(), rest.abs())
             ks: list[Tensor] = []
-            for a_row, c_i in zip(_DP_A, _DP_C):
+            for a_row, c_i in zip(DP_A, DP_C):
                 xi = xa + ha[:, None] * sum(a * k for a, k in zip(a_row, ks)) if ks else xa
                 ks.append(rhs(xi, ua + c_i * ha))
-            x_new = xa + ha[:, None] * sum(b * k for b, k in zip(_DP_B, ks))
-            err = ha[:, None] * sum(e * k for e, k in zip(_DP_E, ks))
+            x_new = xa + ha[:, None] * sum(b * k for b, k in zip(DP_B, ks))
+            err = ha[:, None] * sum(e * k for e, k in zip(DP_E, ks))
             ratio = (err.abs() / (rtol * (1 + torch.maximum(xa.abs(), x_new.abs())))).amax(1)
             ok = ratio <= 1
             y[active[ok]], u[active[ok]] = (
