@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from difflab.core.tensors import unknown_name
 from difflab.models.attention import Attention
-from difflab.models.embeddings import ClassEmbedding, TimeEmbedding, batch_time, class_index
+from difflab.models.embeddings import ClassEmbedding, TimeEmbedding, conditioning
 from difflab.models.registry import Network, register
 
 __all__ = ["DiT", "sincos_2d"]
@@ -136,11 +136,7 @@ class DiT(Network):
             raise ValueError(
                 f"DiT expects images [B, {self.in_channels}, {n}, {n}], got shape {tuple(x.shape)}"
             )
-        emb = self.time_embed(batch_time(time, x))
-        if self.class_embed is not None:
-            emb = emb + self.class_embed(labels, x.shape[0], x.device)
-        else:
-            class_index(labels, 0, x.shape[0], x.device)
+        emb = conditioning(self.time_embed, self.class_embed, time, labels, x)
         c = F.silu(emb)
         h = self.patchify(x).flatten(2).transpose(1, 2) + self.pos
         for block in self.blocks:

@@ -19,6 +19,7 @@ __all__ = [
     "TimeEmbedding",
     "batch_time",
     "class_index",
+    "conditioning",
     "fourier_features",
     "positional",
 ]
@@ -105,6 +106,22 @@ def class_index(
     elif not bool(ok.all()):
         raise ValueError(message)
     return torch.where(labels < 0, num_classes, labels)
+
+
+def conditioning(
+    time_embed: nn.Module,
+    class_embed: nn.Module | None,
+    time: Tensor,
+    labels: Tensor | None,
+    x: Tensor,
+) -> Tensor:
+    """e = e_t(t) + e_y(y): the time embedding plus the class embedding (labels are still checked,
+    and must be -1 or None, on an unconditional network)."""
+    emb = time_embed(batch_time(time, x))
+    if class_embed is None:
+        class_index(labels, 0, x.shape[0], x.device)
+        return emb
+    return emb + class_embed(labels, x.shape[0], x.device)
 
 
 class ClassEmbedding(nn.Module):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from difflab.models.embeddings import ClassEmbedding, TimeEmbedding, batch_time, class_index
+from difflab.models.embeddings import ClassEmbedding, TimeEmbedding, conditioning
 from difflab.models.registry import Network, register
 
 __all__ = ["MLP"]
@@ -63,11 +63,7 @@ class MLP(Network):
     def forward(self, x: Tensor, time: Tensor, labels: Tensor | None = None) -> Tensor:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"MLP expects vectors [B, {self.dim}], got shape {tuple(x.shape)}")
-        emb = self.time_embed(batch_time(time, x))
-        if self.class_embed is not None:
-            emb = emb + self.class_embed(labels, x.shape[0], x.device)
-        else:
-            class_index(labels, 0, x.shape[0], x.device)
+        emb = conditioning(self.time_embed, self.class_embed, time, labels, x)
         cond = self.cond(F.silu(emb)).split(self.width, dim=1)
         h = self.input(x)
         for block, c in zip(self.blocks, cond):

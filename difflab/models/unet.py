@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from difflab.models.attention import Attention
-from difflab.models.embeddings import ClassEmbedding, TimeEmbedding, batch_time, class_index
+from difflab.models.embeddings import ClassEmbedding, TimeEmbedding, conditioning
 from difflab.models.registry import Network, register
 
 __all__ = ["UNet", "group_norm"]
@@ -202,11 +202,7 @@ class UNet(Network):
                 f"image sides must be divisible by {factor} for {self.levels} resolution levels, "
                 f"got {tuple(x.shape[-2:])}"
             )
-        emb = self.time_embed(batch_time(time, x))
-        if self.class_embed is not None:
-            emb = emb + self.class_embed(labels, x.shape[0], x.device)
-        else:
-            class_index(labels, 0, x.shape[0], x.device)
+        emb = conditioning(self.time_embed, self.class_embed, time, labels, x)
         emb = F.silu(emb)
         h = self.input(x)
         skips = [h]
