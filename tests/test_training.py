@@ -233,6 +233,69 @@ def test_sigint_saves_a_checkpoint_and_a_rerun_continues_exactly(tmp_path, capsy
     assert step_losses(run_dir) == step_losses(tmp_path / "straight")
 
 
+def test_sigkill_during_a_save_leaves_a_checkpoint_the_rerun_resumes_exactly(tmp_path, capsys):
+    """`difflab train` in a subprocess, checkpointing every step, killed with SIGKILL while a save's
+    temporary folder exists (retried until a kill lands inside a save); every kill leaves a loadable
+    checkpoint, and the final rerun continues to the weights of an uninterrupted run, bit for bit."""
+    wide = {"width": 256, "depth": 4}  # a few MB per checkpoint: saving dominates each step
+    run = {"steps": 100_000, "checkpoint_every": 1, "keep": 2}
+    config = write_json(tmp_path / "toy.json", mlp_config(run=run, model=wide))
+    run_dir, checkpoints = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    killed_in_save, stopped = 0, 0
+    for _ in range(5):
+        proc = difflab_train(config, run_dir)
+        try:
+            deadline = time.monotonic() + 120
+            while True:  # the next save that starts after this launch's first completed one
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "difflab train did not save in 120 s"
+                saving = (
+                    [p for p in os.listdir(checkpoints) if p.startswith(".step_")]
+                    if (checkpoints.is_dir())
+                    else []
+                )
+                if (
+                    saving
+                    and latest_checkpoint(run_dir)
+                    and load_checkpoint(run_dir).step > stopped
+                ):
+                    break
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+        left = [p for p in os.listdir(checkpoints) if p.startswith(".step_")]
+        killed_in_save += bool(left)
+        resumed = load_checkpoint(run_dir)  # whatever the instant, the latest checkpoint loads
+        assert resumed.step > stopped
+        stopped = resumed.step
+        if killed_in_save:
+            break
+    assert killed_in_save, "no SIGKILL landed inside a save in 5 tries"
+
+    rerun = [
+        "train",
+        "--config",
+        str(config),
+        "--run-dir",
+        str(run_dir),
+        f"run.steps={stopped + 3}",
+    ]
+    assert main(rerun) == 0
+    assert f"wrote {run_dir / 'model'}" in capsys.readouterr().out
+    assert not [p for p in os.listdir(checkpoints) if p.startswith(".step_")]
+    final = load_checkpoint(run_dir)
+    assert final.step == stopped + 3
+    assert sorted(step_losses(run_dir)) == list(range(1, stopped + 4))  # no step logged twice
+    straight = train(
+        mlp_config(run={**run, "steps": stopped + 3}, model=wide),
+        run_dir=tmp_path / "straight",
+        progress=False,
+    )
+    assert_states_equal(final.model, straight.net.state_dict())
+    assert_states_equal(final.ema["ema"]["model"], straight.ema.model.state_dict())
+
+
 # ---------------------------------------------------------------- NaN guard
 
 

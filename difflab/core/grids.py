@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from difflab.core.processes import VE, Flow, Process, Trig, VPLinear
-from difflab.core.tensors import as_tensor, unknown_name
+from difflab.core.tensors import as_tensor, check_name, unknown_name
 
 __all__ = [
     "Grid",
@@ -698,8 +698,7 @@ def ays(
     """
     steps = _check_steps(steps)
     _no_endpoints("ays", sigma_min, sigma_max, "the published Align Your Steps levels")
-    if model not in _AYS:
-        raise unknown_name("Align Your Steps model", model, _AYS)
+    check_name("Align Your Steps model", model, _AYS)
     levels = np.asarray(_AYS[model], dtype=np.float64)
     if steps + 1 != len(levels):
         xs = np.linspace(0, 1, len(levels))

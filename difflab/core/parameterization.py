@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from difflab.core.processes import Process
-from difflab.core.tensors import append_dims, as_tensor, broadcast_sigma, unknown_name
+from difflab.core.tensors import append_dims, as_tensor, broadcast_sigma, check_name
 
 __all__ = ["PREDICTIONS", "TIME_INPUTS", "Denoiser", "EDMPrecond", "from_x0", "target", "to_x0"]
 
@@ -32,8 +32,7 @@ PREDICTIONS = ("eps", "x0", "v", "score", "velocity")
 
 
 def _check_prediction(prediction: str) -> None:
-    if prediction not in PREDICTIONS:
-        raise unknown_name("prediction type", prediction, PREDICTIONS)
+    check_name("prediction type", prediction, PREDICTIONS)
 
 
 def to_x0(
@@ -139,8 +138,7 @@ class Denoiser(nn.Module):
         super().__init__()
         _check_prediction(prediction)
         if isinstance(time_input, str):
-            if time_input not in TIME_INPUTS:
-                raise unknown_name("time input", time_input, TIME_INPUTS)
+            check_name("time input", time_input, TIME_INPUTS)
             time_input = TIME_INPUTS[time_input]
         self.net, self.process, self.prediction = net, process, prediction
         self.time_input, self.quantize = time_input, quantize

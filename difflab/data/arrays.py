@@ -8,7 +8,6 @@ uint8 arrays are images: [N, H, W] gains a channel axis, [N, H, W, C] (C in 1, 3
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -69,8 +68,8 @@ def load(path: str | os.PathLike[str]) -> Dataset:
                 f"{path} holds pickled Python objects (object arrays), which difflab never loads"
             ) from None
         raise ValueError(f"cannot read {path}: {e}") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"cannot read {path}: {e}") from None
+    except Exception as e:  # NumPy's header parser raises SyntaxError, TokenError, ... on damage
+        raise ValueError(f"cannot read {path}: {type(e).__name__}: {e}") from None
     if data is None:
         raise ValueError(f"{path} has arrays {names} but none named {' or '.join(DATA_KEYS)}")
     if data.ndim == 0 or len(data) == 0:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from difflab.core.tensors import unknown_name
+from difflab.core.tensors import check_name, unknown_name
 from difflab.data.dataset import Dataset, check_split
 from difflab.testing.gmm import GaussianMixture, ring2d
 
@@ -133,8 +133,7 @@ TOYS: dict[str, Toy] = {
 def load(name: str, split: str = "train", *, n: int = 100_000, seed: int = 0) -> Dataset:
     """``n`` samples of toy ``name``; the train and test splits of a seed use distinct streams
     (generator seeds 2 seed and 2 seed + 1)."""
-    if name not in TOYS:
-        raise unknown_name("toy data set", name, TOYS)
+    check_name("toy data set", name, TOYS)
     check_split(name, split, ("train", "test"))
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"toy data set {name!r}: n must be a positive integer, got {n!r}")

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from difflab.core.parameterization import Denoiser
 from difflab.core.processes import Flow, Process, VPDiscrete
-from difflab.core.tensors import unknown_name
+from difflab.core.tensors import check_name, unknown_name
 from difflab.utils.weights import check_no_pickles
 
 __all__ = ["DiffusersNet", "denoiser", "load", "model_prediction", "prediction_of", "process_of"]
@@ -98,8 +98,7 @@ def prediction_of(scheduler_or_config: Any) -> str:
     if is_flow(config):
         return "velocity"
     kind = config.get("prediction_type", "epsilon")
-    if kind not in PREDICTION_TYPES:
-        raise unknown_name("prediction_type", kind, PREDICTION_TYPES)
+    check_name("prediction_type", kind, PREDICTION_TYPES)
     return PREDICTION_TYPES[kind]
 
 

@@ -33,7 +33,7 @@ from torch import Tensor
 from difflab import sampling, schedules
 from difflab.core.parameterization import Denoiser
 from difflab.core.processes import Flow
-from difflab.core.tensors import as_tensor, unknown_name
+from difflab.core.tensors import as_tensor, check_name
 from difflab.interop.diffusers_denoiser import is_flow, model_prediction, wrap
 from difflab.interop.stepwise import Coroutine, Finished, evaluation_sigmas, stepwise_sampler
 
@@ -87,8 +87,7 @@ class Scheduler(SchedulerMixin, ConfigMixin):
         use_dynamic_shifting: bool = False,
         time_shift_type: str = "exponential",
     ) -> None:
-        if process not in PROCESSES:
-            raise unknown_name("process", process, PROCESSES)
+        check_name("process", process, PROCESSES)
         stepwise_sampler(sampler)
         if schedule is not None:
             schedules.get(schedule)

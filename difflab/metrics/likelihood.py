@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from difflab.core.dopri import DP_A, DP_B, DP_C, DP_E
-from difflab.core.tensors import as_tensor, check_finite, unknown_name
+from difflab.core.tensors import as_tensor, check_finite, check_name
 
 __all__ = ["SOLVERS", "Likelihood", "dequantize", "image_bits_per_dim", "log_likelihood"]
 
@@ -267,8 +267,7 @@ def log_likelihood(
         ("divergence", divergence, _DIVERGENCES),
         ("probe", probe, _PROBES),
     ):
-        if name not in valid:
-            raise unknown_name(kind, name, valid)
+        check_name(kind, name, valid)
     if not 0 < sigma_min < sigma_max < math.inf:
         raise ValueError(
             f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min}, sigma_max={sigma_max}"

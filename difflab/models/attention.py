@@ -14,22 +14,23 @@ from contextlib import contextmanager
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from difflab.core.tensors import unknown_name
+from difflab.core.tensors import check_name
 
 __all__ = ["Attention", "attention_layers", "identity_attention"]
 
 
 class Attention(nn.Module):
-    """softmax(Q K^T / sqrt(d)) V W_o over tokens [B, N, C] (Vaswani et al. 2017).
+    """softmax(Q K^T / sqrt(d)) V W_o over tokens [B, N, C] (Vaswani et al. 2017); ``causal``: token
+    i attends to tokens j <= i only (autoregressive models).
 
     With ``identity = True`` the attention map is the identity: the output is V W_o (Ahn et al. 2024).
     """
 
-    def __init__(self, dim: int, heads: int) -> None:
+    def __init__(self, dim: int, heads: int, causal: bool = False) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"attention width {dim} is not divisible by {heads} heads")
-        self.heads = heads
+        self.heads, self.causal = heads, causal
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.identity = False
@@ -39,7 +40,7 @@ class Attention(nn.Module):
         if self.identity:
             return self.proj(F.linear(x, self.qkv.weight[2 * c :], self.qkv.bias[2 * c :]))
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 
@@ -55,8 +56,7 @@ def identity_attention(net: nn.Module, names: Iterable[str] | None = None) -> It
     layers = attention_layers(net)
     chosen = list(layers) if names is None else list(names)
     for name in chosen:
-        if name not in layers:
-            raise unknown_name("attention layer", name, layers)
+        check_name("attention layer", name, layers)
     before = {name: layers[name].identity for name in chosen}
     try:
         for name in chosen:

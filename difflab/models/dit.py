@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from difflab.core.tensors import unknown_name
+from difflab.core.tensors import check_name
 from difflab.models.attention import Attention
 from difflab.models.embeddings import ClassEmbedding, TimeEmbedding, conditioning
 from difflab.models.registry import Network, register
@@ -94,8 +94,7 @@ class DiT(Network):
         super().__init__(locals())
         if image_size % patch_size:
             raise ValueError(f"patch_size {patch_size} does not divide image_size {image_size}")
-        if position_embedding not in POSITION_EMBEDDINGS:
-            raise unknown_name("position embedding", position_embedding, POSITION_EMBEDDINGS)
+        check_name("position embedding", position_embedding, POSITION_EMBEDDINGS)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.image_size, self.patch_size, self.num_classes = image_size, patch_size, num_classes
         side = image_size // patch_size

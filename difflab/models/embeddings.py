@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from difflab.core.tensors import unknown_name
+from difflab.core.tensors import check_name
 
 __all__ = [
     "TIME_EMBEDDINGS",
@@ -67,8 +67,7 @@ class TimeEmbedding(nn.Module):
         self, dim: int, kind: str = "positional", features: int = 0, fourier_scale: float = 16.0
     ) -> None:
         super().__init__()
-        if kind not in TIME_EMBEDDINGS:
-            raise unknown_name("time embedding", kind, TIME_EMBEDDINGS)
+        check_name("time embedding", kind, TIME_EMBEDDINGS)
         self.kind, self.features = kind, features or dim
         if self.features % 2:
             raise ValueError(f"time embedding features must be even, got {self.features}")

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from difflab.core.tensors import unknown_name
+from difflab.core.tensors import check_name
 
 __all__ = ["Network", "available", "build", "register"]
 
@@ -59,11 +59,9 @@ def build(config: dict[str, Any]) -> Network:
         raise ValueError('a network config must be a dict with a "type" key, e.g. {"type": "unet"}')
     options = dict(config)
     name = options.pop("type")
-    if name not in _NETWORKS:
-        raise unknown_name("network type", name, _NETWORKS)
+    check_name("network type", name, _NETWORKS)
     cls = _NETWORKS[name]
     valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     for key in options:
-        if key not in valid:
-            raise unknown_name(f"{name} config key", key, valid)
+        check_name(f"{name} config key", key, valid)
     return cls(**options)

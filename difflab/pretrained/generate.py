@@ -79,7 +79,14 @@ def step_grid(
     """sigma_0 > ... > sigma_steps = 0: the grid ``schedule`` (a name, see ``difflab schedules``)
     between the process's noise levels (or the given ones), or an explicit grid of sigmas."""
     if not isinstance(schedule, str):
-        sigmas = torch.as_tensor(schedule, dtype=torch.float64).flatten()
+        try:
+            sigmas = torch.as_tensor(schedule, dtype=torch.float64).flatten()
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(
+                f"schedule must be a grid name or a list of sigmas, got {schedule!r}"
+            ) from None
+        n = len(sigmas) - 1 if len(sigmas) and sigmas[-1] == 0 else len(sigmas)
+        sigmas = schedules.get("explicit")(n, sigmas=sigmas)  # checked, 0 appended when missing
         if steps is not None and len(sigmas) != steps + 1:
             raise ValueError(f"the given grid has {len(sigmas) - 1} steps, not {steps}")
         return sigmas

@@ -17,6 +17,7 @@ from difflab.guidance import classifier_free
 from difflab.pretrained.generate import Samples, class_labels, sample_batched, step_grid
 from difflab.training.objectives import Objective
 from difflab.utils.weights import (
+    check_fits,
     check_no_pickles,
     load_state_dict_strict,
     load_weights,
@@ -172,16 +173,18 @@ class Model:
         it strictly (every key, every shape)."""
         folder = Path(folder)
         config = read_model_config(folder)
-        try:
-            network = models.build(config["network"])
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{folder / CONFIG}: cannot build its network: {e}") from None
         weights = folder / WEIGHTS
         if not weights.is_file():
             raise FileNotFoundError(f"{folder} is not a model folder: it has no {WEIGHTS}")
-        load_state_dict_strict(
-            network, load_weights(weights), source=f"{weights} (for the network in {CONFIG})"
-        )
+        tensors = load_weights(weights)
+        source = f"{weights} (for the network in {CONFIG})"
+        try:
+            with torch.device("meta"):  # no memory: a config asking for a huge network fails here
+                check_fits(models.build(config["network"]), tensors, source)
+            network = models.build(config["network"])
+        except (TypeError, ValueError, RuntimeError) as e:  # torch refuses impossible sizes
+            raise ValueError(f"{folder / CONFIG}: cannot build its network: {e}") from None
+        load_state_dict_strict(network, tensors, source)
         return cls(config, network.to(device), folder)
 
     @property

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from difflab.core.tensors import as_tensor, check_finite, unknown_name
+from difflab.core.tensors import as_tensor, check_finite, check_name, unknown_name
 from difflab.sampling.noise import randn
 
 __all__ = [
@@ -228,8 +228,7 @@ def available() -> list[str]:
 def info(name: str) -> SamplerInfo:
     """NFE, order and stochasticity of a sampler: ``info("heun").nfe(10) == 19``."""
     _load()
-    if name not in _REGISTRY:
-        raise unknown_name("sampler", name, _REGISTRY)
+    check_name("sampler", name, _REGISTRY)
     return _REGISTRY[name]
 
 

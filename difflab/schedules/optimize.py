@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from difflab.core import grids as _grids
-from difflab.core.tensors import unknown_name
+from difflab.core.tensors import check_name
 
 __all__ = ["FIXED_GRIDS", "METHODS", "OptimizedGrid", "optimize", "optimize_family"]
 
@@ -233,8 +233,7 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
 
 
 def _check_method(method: str) -> None:
-    if method not in METHODS:
-        raise unknown_name("optimization method", method, METHODS)
+    check_name("optimization method", method, METHODS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -420,8 +419,7 @@ def optimize(
     _check_method(method)
     allowed = {"direct": {"max_evals"}, "ays": {"sweeps", "candidates", "samples"}}[method]
     for key in options:
-        if key not in allowed:
-            raise unknown_name(f"option for method {method!r}", key, allowed)
+        check_name(f"option for method {method!r}", key, allowed)
     problem = _Problem(
         denoiser, sampler, nfe, calibration, sigma_min, sigma_max, seed, reference,
         reference_nfe, held_out, dict(sampler_options or {}),
@@ -479,8 +477,7 @@ def optimize_family(
     [-3, 3] (Esser et al. 2024, eq. 23). Same calibration/held-out conventions as :func:`optimize`;
     ``params`` holds the found ``rho`` or ``shift``."""
     minimize_scalar = _scipy_optimize().minimize_scalar
-    if family not in FAMILIES:
-        raise unknown_name("grid family", family, FAMILIES)
+    check_name("grid family", family, FAMILIES)
     problem = _Problem(
         denoiser, sampler, nfe, calibration, sigma_min, sigma_max, seed, reference,
         reference_nfe, held_out, dict(sampler_options or {}),

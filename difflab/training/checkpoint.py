@@ -34,7 +34,7 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
-from difflab.core.tensors import unknown_name
+from difflab.core.tensors import check_name
 from difflab.utils.files import atomic_write_bytes
 from difflab.utils.weights import (
     load_state_dict_strict,
@@ -183,8 +183,7 @@ def get_rng_state() -> dict[str, Any]:
 def set_rng_state(state: Mapping[str, Any]) -> None:
     """Restore global random states saved by ``get_rng_state``."""
     for key in state:
-        if key not in _RNG_KEYS:
-            raise unknown_name("RNG state", key, _RNG_KEYS)
+        check_name("RNG state", key, _RNG_KEYS)
     if "python" in state:
         random.setstate(state["python"])
     if "numpy" in state:
@@ -463,8 +462,7 @@ def restore(
     if model is not None:
         load_state_dict_strict(model, checkpoint.model, source=str(where / "model.safetensors"))
     for name, target in (ema or {}).items():
-        if name not in checkpoint.ema:
-            raise unknown_name(f"EMA in {where}", name, checkpoint.ema)
+        check_name(f"EMA in {where}", name, checkpoint.ema)
         state, source = checkpoint.ema[name], str(where / f"ema_{name}.safetensors")
         if isinstance(target, nn.Module):
             load_state_dict_strict(target, state, source=source)

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from difflab.core.tensors import unknown_name
+from difflab.core.tensors import check_name, unknown_name
 from difflab.utils.weights import read_config
 
 __all__ = ["DEFAULTS", "apply_overrides", "load_config", "merge_defaults"]
@@ -63,8 +63,7 @@ def merge_defaults(config: dict[str, Any]) -> dict[str, Any]:
     """The full configuration: ``config`` over DEFAULTS, with unknown sections and keys refused."""
     out = copy.deepcopy(DEFAULTS)
     for section, values in config.items():
-        if section not in DEFAULTS:
-            raise unknown_name("config section", section, DEFAULTS)
+        check_name("config section", section, DEFAULTS)
         if not isinstance(values, dict):
             raise ValueError(f"config section [{section}] must be a table, got {values!r}")
         for key, value in values.items():
@@ -90,8 +89,8 @@ def apply_overrides(config: dict[str, Any], overrides: Iterable[str]) -> dict[st
         keys = path.strip().split(".")
         if not sep or len(keys) < 2 or not all(keys):
             raise ValueError(f"override {item!r} must look like section.key=value")
-        node = config.setdefault(keys[0], {})
-        for key in keys[1:-1]:
+        node = config
+        for key in keys[:-1]:
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
                 raise ValueError(f"override {item!r}: {key} is not a table")

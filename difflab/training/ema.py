@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from difflab.core.tensors import unknown_name
+from difflab.core.tensors import check_name
 
 __all__ = ["EMA", "EMA_KINDS", "power_gamma", "power_sigma_rel"]
 
@@ -48,8 +48,7 @@ class EMA:
         decay: float = 0.999,
         sigma_rel: float = 0.05,
     ) -> None:
-        if kind not in EMA_KINDS:
-            raise unknown_name("EMA kind", kind, EMA_KINDS)
+        check_name("EMA kind", kind, EMA_KINDS)
         if kind == "constant" and not 0 <= decay < 1:
             raise ValueError(f"EMA decay must lie in [0, 1), got {decay}")
         self.kind, self.decay, self.sigma_rel = kind, decay, sigma_rel

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from difflab import data as datasets
 from difflab import models
 from difflab.core import processes
-from difflab.core.tensors import unknown_name
+from difflab.core.tensors import check_name
 from difflab.data import Dataset
 from difflab.training import distributed as dist
 from difflab.training.checkpoint import (
@@ -178,8 +178,7 @@ class Trainer:
         self.channels_last = bool(config["precision"]["channels_last"]) and self.data.x.ndim == 4
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        if config["precision"]["autocast"] not in AUTOCAST:
-            raise unknown_name("autocast precision", config["precision"]["autocast"], AUTOCAST)
+        check_name("autocast precision", config["precision"]["autocast"], AUTOCAST)
         self.autocast = AUTOCAST[config["precision"]["autocast"]]
         # fp16 needs loss scaling against gradient underflow (Micikevicius et al. 2018); bf16 not
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast is torch.float16)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from difflab.core.tensors import unknown_name
+from difflab.core.tensors import check_name
 
 __all__ = ["LR_SCHEDULES", "LRSchedule"]
 
@@ -24,8 +24,7 @@ class LRSchedule:
     ref: int = 1
 
     def __post_init__(self) -> None:
-        if self.kind not in LR_SCHEDULES:
-            raise unknown_name("learning-rate schedule", self.kind, LR_SCHEDULES)
+        check_name("learning-rate schedule", self.kind, LR_SCHEDULES)
         if self.warmup < 0 or self.total < 1 or self.ref < 1:
             raise ValueError(
                 f"learning-rate schedule needs warmup >= 0, total >= 1 and ref >= 1, "

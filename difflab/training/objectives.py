@@ -28,8 +28,8 @@ from difflab.core.processes import Process
 from difflab.core.tensors import (
     as_tensor,
     broadcast_sigma,
+    check_name,
     check_nonnegative,
-    unknown_name,
 )
 from difflab.training.noise_levels import NoiseLevels
 from difflab.training.weighting import Weighting
@@ -209,10 +209,8 @@ class Objective:
         **options: Any,
     ) -> None:
         self.process = processes.get(process) if isinstance(process, str) else process
-        if prediction not in PREDICTIONS:
-            raise unknown_name("prediction type", prediction, PREDICTIONS)
-        if time_input not in pz.TIME_INPUTS:
-            raise unknown_name("time input", time_input, pz.TIME_INPUTS)
+        check_name("prediction type", prediction, PREDICTIONS)
+        check_name("time input", time_input, pz.TIME_INPUTS)
         if not 0 <= label_dropout <= 1:
             raise ValueError(f"label_dropout must be a probability in [0, 1], got {label_dropout}")
         weighting_options = Weighting.options_of(weighting)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from difflab.core.tensors import unknown_name
+from difflab.core.tensors import check_name
 
 __all__ = ["WEIGHTINGS", "Weighting", "edm", "min_snr", "snr", "truncated_snr"]
 
@@ -77,8 +77,7 @@ class Weighting:
     @staticmethod
     def options_of(name: str) -> dict[str, Any]:
         """The options (with defaults) that the named weighting accepts."""
-        if name not in WEIGHTINGS:
-            raise unknown_name("weighting", name, WEIGHTINGS)
+        check_name("weighting", name, WEIGHTINGS)
         if name == "uniform":
             return {}
         params = inspect.signature(_WEIGHTS[name]).parameters.values()

@@ -24,6 +24,7 @@ from difflab.utils.files import atomic_path, atomic_write_bytes
 
 __all__ = [
     "PICKLE_SUFFIXES",
+    "check_fits",
     "check_no_pickles",
     "convert_pickle",
     "load_state_dict_strict",
@@ -194,13 +195,9 @@ def _shape(t: Tensor) -> str:
     return str(list(t.shape))
 
 
-def load_state_dict_strict(
-    module: nn.Module, tensors: Mapping[str, Tensor], source: str = "weights"
-) -> nn.Module:
-    """Load ``tensors`` into ``module``: every key must match by name and shape (dtypes are converted).
-
-    Missing keys, unexpected keys and shape mismatches are all reported together in one ValueError.
-    """
+def check_fits(module: nn.Module, tensors: Mapping[str, Tensor], source: str = "weights") -> None:
+    """Raise one ValueError listing every missing key, unexpected key, shape mismatch and dtype-kind
+    mismatch between ``tensors`` and ``module``'s state dict (a module on the meta device works)."""
     expected = module.state_dict()
     bad = [str(k) for k, v in tensors.items() if not isinstance(v, Tensor)]
     if bad:
@@ -231,6 +228,13 @@ def load_state_dict_strict(
     ]
     if problems:
         raise ValueError(f"{source} does not fit {type(module).__name__}: " + "; ".join(problems))
+
+
+def load_state_dict_strict(
+    module: nn.Module, tensors: Mapping[str, Tensor], source: str = "weights"
+) -> nn.Module:
+    """Load ``tensors`` into ``module`` after :func:`check_fits` (dtypes are converted)."""
+    check_fits(module, tensors, source)
     module.load_state_dict(dict(tensors), strict=True)  # copy_ converts dtype and device
     return module
 
