@@ -1,5 +1,43 @@
-"""Layer 2: guidance as denoiser transformations, so every sampler works with every guidance."""
+"""Layer 2: guidance as denoiser transformations, so every sampler works with every guidance.
 
-from difflab.guidance.cfg import classifier_free
+    guided = classifier_free(model.denoiser, CFG(3.0, rescale=0.7), sigma_interval=(0.3, 5.0))
+    x0 = sampling.get("dpmpp_2m")(guided, x, sigmas, cond={"labels": labels})
 
-__all__ = ["classifier_free"]
+CFG-like methods are a pair of branches (:func:`classifier_free`, :func:`autoguidance`,
+:func:`perturbed_attention`) combined by a rule (:class:`CFG` with rescale, :class:`APG`,
+:class:`CFGZeroStar`); :func:`composable` joins conditions with AND / NOT; :func:`cfg_pp` renoises
+with the unconditional eps (:func:`renoise`); :func:`classifier_guidance` and :func:`reward_guidance`
+add a gradient. Formulas, citations and the exact-mixture evidence: docs/guidance.md.
+"""
+
+from difflab.guidance.cfg import classifier_free, composable
+from difflab.guidance.degraded import autoguidance, perturbed, perturbed_attention
+from difflab.guidance.gradient import classifier_guidance, reward_guidance
+from difflab.guidance.guided import Branches, guide, label_branches
+from difflab.guidance.noisy_classifier import NoisyClassifier
+from difflab.guidance.noisy_classifier import load as load_noisy_classifier
+from difflab.guidance.renoise import cfg_pp, renoise
+from difflab.guidance.rules import APG, CFG, SPACES, CFGZeroStar, Rule, as_rule
+
+__all__ = [
+    "APG",
+    "CFG",
+    "SPACES",
+    "Branches",
+    "CFGZeroStar",
+    "NoisyClassifier",
+    "Rule",
+    "as_rule",
+    "autoguidance",
+    "cfg_pp",
+    "classifier_free",
+    "classifier_guidance",
+    "composable",
+    "guide",
+    "label_branches",
+    "load_noisy_classifier",
+    "perturbed",
+    "perturbed_attention",
+    "renoise",
+    "reward_guidance",
+]
