@@ -11,6 +11,12 @@ AdamW at 1e-4 with 500 warm-up steps and cosine decay, EMA with warm-up (its unc
 example, examples/unconditional_image_generation), at a parameter count within 20% of difflab's.
 Both are sampled with the same sampler (DPM-Solver++(2M), 20 NFE) through difflab's denoiser
 wrappers, so only the training recipe differs. Evaluation time is not counted in the budget.
+
+The two recipes train interleaved, one step each in turn (the one with less training time goes
+next), and each is charged only the wall-clock of its own steps: on a shared machine whatever else
+runs slows both alike, instead of whichever recipe happened to run second. The anchor's cosine
+learning rate decays over its share of the budget (the fraction of its minutes spent), since its
+step count is not known in advance.
 """
 
 from __future__ import annotations
@@ -50,7 +56,8 @@ class Recipe:
     name: str
     net: nn.Module
 
-    def step(self, x0: Tensor, generator: torch.Generator) -> float:
+    def step(self, x0: Tensor, generator: torch.Generator, progress: float) -> float:
+        """One optimizer step on ``x0``; ``progress`` is the fraction of the budget spent."""
         raise NotImplementedError
 
     def denoiser(self) -> Callable[..., Tensor]:
@@ -73,7 +80,7 @@ class DifflabRecipe(Recipe):
             0,
         )
 
-    def step(self, x0: Tensor, generator: torch.Generator) -> float:
+    def step(self, x0: Tensor, generator: torch.Generator, progress: float) -> float:
         self.n += 1
         for group in self.opt.param_groups:
             group["lr"] = self.lr * min(1.0, self.n / self.warmup)
@@ -83,7 +90,7 @@ class DifflabRecipe(Recipe):
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
         self.opt.step()
         self.ema.update(self.net)
-        return float(loss)
+        return loss.item()
 
     def denoiser(self) -> Callable[..., Tensor]:
         return self.objective.denoiser(self.ema.model)
@@ -92,7 +99,7 @@ class DifflabRecipe(Recipe):
 class DiffusersRecipe(Recipe):
     name = "diffusers (DDPM eps, example recipe)"
 
-    def __init__(self, total_steps: int, lr: float = 1e-4, warmup: int = 500) -> None:
+    def __init__(self, lr: float = 1e-4, warmup: int = 500) -> None:
         from diffusers import DDPMScheduler, UNet2DModel
         from diffusers.training_utils import EMAModel
 
@@ -111,11 +118,10 @@ class DiffusersRecipe(Recipe):
             self.net.parameters(), lr=lr, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8
         )
         self.ema = EMAModel(self.net.parameters(), decay=0.9999, use_ema_warmup=True, power=0.75)
-        self.lr, self.warmup, self.total, self.n = lr, warmup, total_steps, 0
+        self.lr, self.warmup, self.n = lr, warmup, 0
 
-    def step(self, x0: Tensor, generator: torch.Generator) -> float:
+    def step(self, x0: Tensor, generator: torch.Generator, progress: float) -> float:
         self.n += 1
-        progress = max(0.0, (self.n - self.warmup) / max(1, self.total - self.warmup))
         factor = min(1.0, self.n / self.warmup) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
         for group in self.opt.param_groups:
             group["lr"] = self.lr * factor
@@ -128,7 +134,7 @@ class DiffusersRecipe(Recipe):
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
         self.opt.step()
         self.ema.step(self.net.parameters())
-        return float(loss)
+        return loss.item()
 
     def denoiser(self) -> Callable[..., Tensor]:
         import copy
@@ -154,28 +160,45 @@ def frechet_at_20_nfe(den: Callable[..., Tensor], n: int, reference_features: Te
     return frechet_distance(mnist_features(out.clamp(-1, 1))[0], reference_features)
 
 
-def run(
-    recipe: Recipe, data: Tensor, minutes: float, evals: int, n: int, ref: Tensor, batch: int
-) -> list[tuple[float, int, float, float]]:
-    """Train for ``minutes`` of wall-clock (training steps only) and evaluate ``evals`` times."""
-    generator = torch.Generator().manual_seed(0)
-    order = torch.randperm(len(data), generator=generator)
-    marks = [minutes * 60 * (i + 1) / evals for i in range(evals)]
-    spent, step, rows = 0.0, 0, []
-    while marks:
-        idx = order[(step * batch) % len(data) :][:batch]
+class Trainee:
+    """One recipe's training state: its data order, generator, steps and the time they took."""
+
+    def __init__(self, recipe: Recipe, data: Tensor, seconds: float, evals: int) -> None:
+        self.recipe, self.data, self.seconds = recipe, data, seconds
+        self.generator = torch.Generator().manual_seed(0)
+        self.order = torch.randperm(len(data), generator=self.generator)
+        self.marks = [seconds * (i + 1) / evals for i in range(evals)]
+        self.spent, self.steps, self.rows = 0.0, 0, []
+
+    def step(self, batch: int) -> float:
+        start = (self.steps * batch) % len(self.data)
+        idx = self.order[start : start + batch]
         if len(idx) < batch:
-            idx = torch.cat([idx, order[: batch - len(idx)]])
+            idx = torch.cat([idx, self.order[: batch - len(idx)]])
         t0 = time.perf_counter()
-        loss = recipe.step(data[idx], generator)
-        spent += time.perf_counter() - t0
-        step += 1
-        if spent >= marks[0]:
-            marks.pop(0)
-            fd = frechet_at_20_nfe(recipe.denoiser(), n, ref)
-            rows.append((spent, step, loss, fd))
-            print(f"  {recipe.name:<38} {spent / 60:6.1f} min  step {step:6d}  FD@20 {fd:8.3f}")
-    return rows
+        loss = self.recipe.step(self.data[idx], self.generator, self.spent / self.seconds)
+        self.spent += time.perf_counter() - t0
+        self.steps += 1
+        return loss
+
+
+def run(
+    recipes: list[Recipe], data: Tensor, minutes: float, evals: int, n: int, ref: Tensor, batch: int
+) -> dict[str, list[tuple[float, int, float]]]:
+    """Train the recipes interleaved, ``minutes`` of their own steps' wall-clock each, and evaluate
+    each ``evals`` times: name -> [(seconds, steps, FD@20)]."""
+    trainees = [Trainee(r, data, minutes * 60, evals) for r in recipes]
+    while active := [t for t in trainees if t.marks]:
+        t = min(active, key=lambda t: t.spent)
+        t.step(batch)
+        if t.spent >= t.marks[0]:
+            t.marks.pop(0)
+            fd = frechet_at_20_nfe(t.recipe.denoiser(), n, ref)
+            t.rows.append((t.spent, t.steps, fd))
+            print(
+                f"  {t.recipe.name:<38} {t.spent / 60:6.1f} min  step {t.steps:6d}  FD@20 {fd:8.3f}"
+            )
+    return {t.recipe.name: t.rows for t in trainees}
 
 
 def main() -> None:
@@ -197,26 +220,17 @@ def main() -> None:
     ref = mnist_features(
         test[torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[: args.n]]
     )[0]
-    difflab_recipe = DifflabRecipe()
-    # the anchor's cosine schedule needs a step count: estimate it from one timed step
-    anchor = DiffusersRecipe(total_steps=1)
+    difflab_recipe, anchor = DifflabRecipe(), DiffusersRecipe()
     params = {r.name: sum(q.numel() for q in r.net.parameters()) for r in (difflab_recipe, anchor)}
     for name, count in params.items():
         print(f"{name:<38} {count:,} parameters")
     ratio = params[anchor.name] / params[difflab_recipe.name]
     print(f"parameter ratio (diffusers / difflab): {ratio:.2f}\n")
-    t0 = time.perf_counter()
-    anchor.step(data[: args.batch], torch.Generator().manual_seed(1))
-    per_step = time.perf_counter() - t0
-    anchor = DiffusersRecipe(total_steps=max(1000, int(args.minutes * 60 / per_step)))
+    print(f"training both, interleaved, for {args.minutes:g} min of their own steps each:")
+    results = run([difflab_recipe, anchor], data, args.minutes, args.evals, args.n, ref, args.batch)
 
-    results = {}
-    for recipe in (difflab_recipe, anchor):
-        print(f"training {recipe.name} for {args.minutes:g} min:")
-        results[recipe.name] = run(recipe, data, args.minutes, args.evals, args.n, ref, args.batch)
-
-    final = results[anchor.name][-1][3]
-    reach = next((row[0] for row in results[difflab_recipe.name] if row[3] <= final), None)
+    final = results[anchor.name][-1][2]
+    reach = next((row[0] for row in results[difflab_recipe.name] if row[2] <= final), None)
     print(f"\ndiffusers recipe's final FD@20 after {args.minutes:g} min: {final:.3f}")
     if reach is None:
         print("difflab's recipe did not reach it within the budget")
