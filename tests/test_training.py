@@ -567,3 +567,23 @@ def test_learning_rate_schedules():
     assert inverse(4) == 1.0 and inverse(39) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="'cosine'"):
         LRSchedule("cosin")
+
+
+# ---------------------------------------------------------------- TensorBoard
+
+
+def test_tensorboard_gets_every_logged_number(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = train(mlp_config(run={"tensorboard": True}), run_dir=tmp_path / "on", progress=False)
+    events = EventAccumulator(str(tmp_path / "on" / "tensorboard"))
+    events.Reload()
+    losses = {e.step: e.value for e in events.Scalars("loss")}
+    assert losses == pytest.approx(step_losses(trainer.run_dir), rel=1e-6)
+    assert sorted(losses) == list(range(1, 7))
+    assert "steps_per_s" in events.Tags()["scalars"]
+
+    train(mlp_config(run={"tensorboard": False}), run_dir=tmp_path / "off", progress=False)
+    assert not (tmp_path / "off" / "tensorboard").exists()
+    with pytest.raises(ValueError, match='run.tensorboard must be "auto", true or false'):
+        train(mlp_config(run={"tensorboard": "yes"}), run_dir=tmp_path / "bad", progress=False)

@@ -16,7 +16,8 @@ def add(commands: Any) -> None:
         help="train a model from a TOML config",
         description="Train a network from a config (configs/*.toml in the repository) with "
         "section.key=value overrides. The run folder (run.out/run.name) gets config.json, "
-        "checkpoints/ (crash-safe; a rerun resumes the latest one bit-identically), metrics.jsonl, "
+        "checkpoints/ (crash-safe; a rerun resumes the latest one bit-identically), metrics.jsonl "
+        "(and tensorboard/ when TensorBoard is installed; run.tensorboard=false turns it off), "
         "samples/ and, at the end, model/: a model directory `difflab sample --model DIR` loads.",
         epilog="Example: difflab train --config configs/toy_moons.toml run.steps=500 optim.lr=1e-3",
     )

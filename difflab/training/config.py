@@ -31,6 +31,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "val_batches": 4,
         "threads": 0,
         "max_bad_steps": 5,
+        "tensorboard": "auto",
     },
     "data": {"name": "mnist", "split": "train", "val_split": "test"},
     "model": {"type": "unet"},
@@ -59,16 +60,21 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def merge_defaults(config: dict[str, Any]) -> dict[str, Any]:
-    """The full configuration: ``config`` over DEFAULTS, with unknown sections and keys refused."""
-    out = copy.deepcopy(DEFAULTS)
+def merge_defaults(
+    config: dict[str, Any],
+    defaults: dict[str, dict[str, Any]] = DEFAULTS,
+    free: tuple[str, ...] = FREE_SECTIONS,
+) -> dict[str, Any]:
+    """The full configuration: ``config`` over ``defaults`` (the training loop's DEFAULTS), with
+    unknown sections and keys refused except in the ``free`` sections."""
+    out = copy.deepcopy(defaults)
     for section, values in config.items():
-        check_name("config section", section, DEFAULTS)
+        check_name("config section", section, defaults)
         if not isinstance(values, dict):
             raise ValueError(f"config section [{section}] must be a table, got {values!r}")
         for key, value in values.items():
-            if section not in FREE_SECTIONS and key not in DEFAULTS[section]:
-                raise unknown_name(f"key in [{section}]", key, DEFAULTS[section])
+            if section not in free and key not in defaults[section]:
+                raise unknown_name(f"key in [{section}]", key, defaults[section])
             out[section][key] = copy.deepcopy(value)
     return out
 
@@ -98,7 +104,12 @@ def apply_overrides(config: dict[str, Any], overrides: Iterable[str]) -> dict[st
     return config
 
 
-def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> dict[str, Any]:
-    """Read a TOML/JSON training config, apply overrides, fill in defaults and validate keys."""
+def load_config(
+    path: str | Path | None,
+    overrides: Iterable[str] = (),
+    defaults: dict[str, dict[str, Any]] = DEFAULTS,
+    free: tuple[str, ...] = FREE_SECTIONS,
+) -> dict[str, Any]:
+    """Read a TOML/JSON training config, apply overrides, fill in ``defaults`` and validate keys."""
     config = read_config(path) if path is not None else {}
-    return merge_defaults(apply_overrides(config, overrides))
+    return merge_defaults(apply_overrides(config, overrides), defaults, free)

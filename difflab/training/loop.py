@@ -31,6 +31,7 @@ from difflab.core import processes
 from difflab.core.tensors import check_name
 from difflab.data import Dataset
 from difflab.training import distributed as dist
+from difflab.training.board import log_scalars, open_board
 from difflab.training.checkpoint import (
     get_rng_state,
     latest_checkpoint,
@@ -207,6 +208,7 @@ class Trainer:
         self.rolled_back_to: int | None = None  # the checkpoint step of the last rollback
         self.finished = False
         self.interrupt = _Interrupt()
+        self.board: Any = None  # TensorBoard writer while fit() runs (rank 0, when enabled)
 
     # ------------------------------------------------------------------ state
 
@@ -268,6 +270,8 @@ class Trainer:
         if dist.is_main():
             text = "".join(json.dumps(r) + "\n" for r in self.records)
             atomic_write_bytes(self.run_dir / "metrics.jsonl", text.encode())
+        if self.board is not None:
+            log_scalars(self.board, record)
 
     # ------------------------------------------------------------------ one step
 
@@ -407,6 +411,17 @@ class Trainer:
             dynamic_ncols=True,
         )
         start, start_step = time.perf_counter(), self.step
+        if dist.is_main():
+            self.board = open_board(self.run_dir, run["tensorboard"], self.step)
+        try:
+            return self._loop(bar, start, start_step)
+        finally:
+            if self.board is not None:
+                self.board.close()
+                self.board = None
+
+    def _loop(self, bar: tqdm, start: float, start_step: int) -> bool:
+        run = self.config["run"]
         with self.interrupt.installed():
             while self.step < run["steps"] and not dist.any_rank(self.interrupt.requested):
                 stats = self.train_step()
