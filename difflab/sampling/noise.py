@@ -3,13 +3,13 @@ does not depend on what else is in its batch (DESIGN.md, Principles)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["generators", "randn"]
+__all__ = ["generators", "rand", "randn"]
 
 
 def generators(seed: int, n: int, device: str | torch.device = "cpu") -> list[torch.Generator]:
@@ -24,16 +24,15 @@ def generators(seed: int, n: int, device: str | torch.device = "cpu") -> list[to
     ]
 
 
-def randn(
+def _draw(
+    fn: Callable[..., Tensor],
     shape: Sequence[int],
-    generator: torch.Generator | Sequence[torch.Generator] | None = None,
-    dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
+    generator: torch.Generator | Sequence[torch.Generator] | None,
+    dtype: torch.dtype,
+    device: str | torch.device,
 ) -> Tensor:
-    """Standard normal noise of ``shape`` [B, ...]; with a list of B generators, row i comes from
-    generator i alone."""
     if generator is None or isinstance(generator, torch.Generator):
-        return torch.randn(
+        return fn(
             tuple(shape),
             generator=generator,
             dtype=dtype,
@@ -42,5 +41,27 @@ def randn(
     gens = list(generator)
     if len(gens) != shape[0]:
         raise ValueError(f"got {len(gens)} generators for a batch of {shape[0]}")
-    rows = [torch.randn(tuple(shape[1:]), generator=g, dtype=dtype, device=g.device) for g in gens]
+    rows = [fn(tuple(shape[1:]), generator=g, dtype=dtype, device=g.device) for g in gens]
     return torch.stack(rows).to(device)
+
+
+def randn(
+    shape: Sequence[int],
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> Tensor:
+    """Standard normal noise of ``shape`` [B, ...]; with a list of B generators, row i comes from
+    generator i alone."""
+    return _draw(torch.randn, shape, generator, dtype, device)
+
+
+def rand(
+    shape: Sequence[int],
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> Tensor:
+    """Uniform numbers in [0, 1) of ``shape`` [B, ...]; with a list of B generators, row i comes
+    from generator i alone."""
+    return _draw(torch.rand, shape, generator, dtype, device)

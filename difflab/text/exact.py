@@ -1,0 +1,69 @@
+"""An exact text model for tests: a joint distribution over all V^L sequences of a short length,
+whose x0-prediction p(x^l | unmasked tokens of z) is computed by enumeration."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["JointTable"]
+
+
+class JointTable:
+    """p(x) = probs[x] over x in {0..V-1}^L (probs: a tensor of shape [V] * L summing to 1).
+
+    Called on z [B, L] (mask id V) it returns log p(x^l = v | x^j = z^j for unmasked j) [B, L, V],
+    the exact x0-prediction of a masked diffusion model (time-agnostic by construction).
+    """
+
+    def __init__(self, probs: Tensor) -> None:
+        probs = torch.as_tensor(probs, dtype=torch.float64)
+        if probs.ndim < 1 or len(set(probs.shape)) != 1:
+            raise ValueError(f"probs must have shape [V] * L, got {tuple(probs.shape)}")
+        if bool((probs < 0).any()) or abs(float(probs.sum()) - 1) > 1e-9:
+            raise ValueError("probs must be nonnegative and sum to 1")
+        self.vocab_size, self.length = probs.shape[0], probs.ndim
+        self.probs = probs.reshape(-1)
+        grid = itertools.product(range(self.vocab_size), repeat=self.length)
+        self.sequences = torch.tensor(
+            list(grid), dtype=torch.long
+        )  # [V^L, L], row-major like probs
+
+    @classmethod
+    def random(cls, vocab: int, length: int, sharpness: float = 2.0, seed: int = 0) -> JointTable:
+        """probs proportional to exp(sharpness * N(0, 1)) per sequence: strongly dependent tokens."""
+        g = torch.Generator().manual_seed(seed)
+        logits = sharpness * torch.randn((vocab,) * length, generator=g, dtype=torch.float64)
+        return cls(logits.reshape(-1).softmax(0).reshape((vocab,) * length))
+
+    def __call__(self, z: Tensor) -> Tensor:
+        consistent = (
+            (z[:, None, :] == self.sequences[None]) | (z[:, None, :] == self.vocab_size)
+        ).all(-1)
+        weights = consistent * self.probs  # [B, V^L]
+        onehot = torch.nn.functional.one_hot(
+            self.sequences, self.vocab_size
+        ).double()  # [V^L, L, V]
+        return torch.log(torch.einsum("bs,slv->blv", weights, onehot))
+
+    def index(self, x: Tensor) -> Tensor:
+        """The row of each sequence x [B, L] in :attr:`sequences` (base-V digits)."""
+        powers = self.vocab_size ** torch.arange(self.length - 1, -1, -1)
+        return (x * powers).sum(-1)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """log p(x) of sequences x [B, L]."""
+        return torch.log(self.probs[self.index(x)])
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n exact samples [n, L]."""
+        return self.sequences[
+            torch.multinomial(self.probs, n, replacement=True, generator=generator)
+        ]
+
+    def histogram(self, x: Tensor | Sequence[Sequence[int]]) -> Tensor:
+        """Counts of each of the V^L sequences among the rows of x."""
+        return torch.bincount(self.index(torch.as_tensor(x)), minlength=len(self.probs))

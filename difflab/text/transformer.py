@@ -1,0 +1,104 @@
+"""One transformer for text, bidirectional (masked diffusion) or causal (autoregressive baseline).
+
+tokens [B, L] -> logits [B, L, V]. The input vocabulary has one extra id, V: the mask token of a
+masked diffusion model, or the start-of-sequence token of an autoregressive one. The network takes
+no time input: a masked diffusion model's optimal x0-prediction depends on z_t only, not on t
+(Ou et al. 2024; Zheng et al. 2024, "time-agnostic").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from difflab.models.attention import Attention
+
+__all__ = ["Transformer"]
+
+
+class Block(nn.Module):
+    """x + Attn(LN(x)), then x + MLP(LN(x)) (pre-LN, Xiong et al. 2020)."""
+
+    def __init__(
+        self, dim: int, heads: int, mlp_ratio: float, dropout: float, causal: bool
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, causal=causal)
+        self.norm2 = nn.LayerNorm(dim)
+        inner = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, inner), nn.GELU(), nn.Linear(inner, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.drop(self.attn(self.norm1(x)))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class Transformer(nn.Module):
+    """Token + learned position embeddings, ``depth`` pre-LN blocks, LayerNorm, linear head to V
+    logits (the extra input id V is never predicted). ``causal`` makes position i see positions
+    <= i only; ``config`` rebuilds the same network: ``Transformer(**net.config)``."""
+
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        context: int,
+        dim: int = 128,
+        depth: int = 4,
+        heads: int = 4,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        causal: bool = False,
+    ) -> None:
+        super().__init__()
+        for name, value in (("vocab_size", vocab_size), ("context", context), ("depth", depth)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"transformer {name} must be a positive integer, got {value!r}")
+        self.config: dict[str, Any] = {
+            "vocab_size": vocab_size,
+            "context": context,
+            "dim": dim,
+            "depth": depth,
+            "heads": heads,
+            "mlp_ratio": mlp_ratio,
+            "dropout": dropout,
+            "causal": causal,
+        }
+        self.vocab_size, self.context, self.causal = vocab_size, context, causal
+        self.embed = nn.Embedding(vocab_size + 1, dim)
+        self.pos = nn.Parameter(torch.zeros(context, dim))
+        self.blocks = nn.ModuleList(
+            Block(dim, heads, mlp_ratio, dropout, causal) for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, vocab_size)
+        for m in self.modules():
+            if isinstance(m, nn.Linear | nn.Embedding):
+                nn.init.normal_(m.weight, std=0.02)
+            if isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.pos, std=0.02)
+
+    @property
+    def special_id(self) -> int:
+        """The extra input id V: the mask token (bidirectional) or start of sequence (causal)."""
+        return self.vocab_size
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        if tokens.ndim != 2 or tokens.dtype != torch.long:
+            raise ValueError(
+                f"the transformer takes token ids [B, L] (int64), got {tuple(tokens.shape)} "
+                f"{tokens.dtype}"
+            )
+        if tokens.shape[1] > self.context:
+            raise ValueError(
+                f"sequence length {tokens.shape[1]} exceeds the transformer's context {self.context}"
+            )
+        h = self.embed(tokens) + self.pos[: tokens.shape[1]]
+        for block in self.blocks:
+            h = block(h)
+        return self.head(self.norm(h))
