@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from torch import Tensor
 
 from difflab import data, pretrained, sampling
 from difflab.core.tensors import unknown_name
+from difflab.data.arrays import read_arrays
 from difflab.metrics import (
     evaluate_images,
     frechet_distance,
@@ -47,8 +47,6 @@ __all__ = [
 ]
 
 SPLITS = ("train", "test")
-SAMPLE_KEYS = ("images", "samples", "x")  # difflab sample writes images (uint8) or samples
-NUMPY_SIGNATURES = {".npy": (b"\x93NUMPY",), ".npz": (b"PK\x03\x04", b"PK\x05\x06")}
 
 
 def load_reference(reference: str | os.PathLike[str] | Tensor | np.ndarray, n: int) -> Tensor:
@@ -74,41 +72,10 @@ def load_reference(reference: str | os.PathLike[str] | Tensor | np.ndarray, n: i
     return data.load(key).x[:n]
 
 
-def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """(samples, labels or None) of a .npy file or of a .npz archive's arrays."""
-    if path.suffix.lower() == ".npy":
-        return np.load(path, allow_pickle=False), None
-    with np.load(path, allow_pickle=False) as archive:
-        key = next((k for k in SAMPLE_KEYS if k in archive.files), None)
-        if key is None:
-            raise ValueError(
-                f"{path} has arrays {archive.files} but none named {' or '.join(SAMPLE_KEYS)}"
-            )
-        return archive[key], archive["labels"] if "labels" in archive.files else None
-
-
 def read_samples(path: str | os.PathLike[str]) -> tuple[Tensor, Tensor | None]:
     """(samples, labels or None) from a .npz written by ``difflab sample`` (arrays "images" uint8 or
     "samples", and "labels"; labels count only when none is -1, the null class) or a .npy file."""
-    path = Path(path)
-    signature = NUMPY_SIGNATURES.get(path.suffix.lower())
-    if signature is None:
-        raise ValueError(f"{path}: samples must be a .npz or .npy file")
-    if not path.is_file():
-        raise FileNotFoundError(f"samples file {path} does not exist")
-    with path.open("rb") as f:
-        if not f.read(len(signature[0])).startswith(signature):
-            raise ValueError(f"cannot read {path}: it is not a NumPy {path.suffix} file")
-    try:
-        samples, labels = _read_arrays(path)
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"cannot read {path}: {e}") from None
-    except ValueError as e:
-        if "pickle" in str(e):
-            raise ValueError(
-                f"{path} holds pickled Python objects (object arrays), which difflab never loads"
-            ) from None
-        raise
+    samples, labels = read_arrays(path)
     if samples.dtype != np.uint8 and samples.dtype.kind not in "f":
         raise ValueError(f"{path}: samples must be uint8 images or floats, got {samples.dtype}")
     x = torch.from_numpy(samples)

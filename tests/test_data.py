@@ -304,6 +304,9 @@ def test_npz_round_trip(tmp_path: Path) -> None:
     assert data.load(tmp_path / "gray.npy").shape == (1, 6, 7)
     np.save(tmp_path / "line.npy", np.arange(4.0))
     assert data.load(tmp_path / "line.npy").x.shape == (4, 1)
+    np.savez(tmp_path / "sampled.npz", samples=vectors[:3], labels=np.array([1, 0, 1]))
+    sampled = data.load(tmp_path / "sampled.npz")  # what `difflab sample --out x.npz` writes
+    assert sampled.x.shape == (3, 4) and sampled.labels.tolist() == [1, 0, 1]
 
 
 def test_arrays_refuse_pickle_and_bad_files(tmp_path: Path) -> None:

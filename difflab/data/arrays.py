@@ -1,5 +1,5 @@
-"""Data sets stored as NumPy arrays: a .npy file, or a .npz file with 'images' or 'x' (and optional
-'labels'). Read with allow_pickle=False: a file holding Python objects is refused.
+"""Data sets stored as NumPy arrays: a .npy file, or a .npz file with 'images', 'samples' or 'x' (and
+optional 'labels'). Read with allow_pickle=False: a file holding Python objects is refused.
 
 uint8 arrays are images: [N, H, W] gains a channel axis, [N, H, W, C] (C in 1, 3, 4) becomes
 [N, C, H, W], and pixels map to [-1, 1]. Any other numeric array is taken as given (float32).
@@ -16,22 +16,12 @@ import torch
 from difflab.core.tensors import check_finite
 from difflab.data.dataset import Dataset, from_uint8
 
-__all__ = ["DATA_KEYS", "LABEL_KEY", "load"]
+__all__ = ["DATA_KEYS", "LABEL_KEY", "load", "read_arrays"]
 
-DATA_KEYS = ("images", "x")
+DATA_KEYS = ("images", "samples", "x")  # difflab sample writes images (uint8) or samples
 LABEL_KEY = "labels"
 _CHANNELS = (1, 3, 4)
 _SIGNATURES = {".npy": (b"\x93NUMPY",), ".npz": (b"PK\x03\x04", b"PK\x05\x06")}  # npy, zip
-
-
-def _read(path: Path) -> tuple[np.ndarray | None, np.ndarray | None, list[str]]:
-    """(data, labels, names of the arrays in the file); data is None when no key matches."""
-    if path.suffix.lower() == ".npy":
-        return np.load(path, allow_pickle=False), None, []
-    with np.load(path, allow_pickle=False) as archive:
-        key = next((k for k in DATA_KEYS if k in archive.files), None)
-        labels = archive[LABEL_KEY] if LABEL_KEY in archive.files else None
-        return (None if key is None else archive[key]), labels, archive.files
 
 
 def _samples(data: np.ndarray, path: Path) -> torch.Tensor:
@@ -47,8 +37,9 @@ def _samples(data: np.ndarray, path: Path) -> torch.Tensor:
     return x[:, None] if x.ndim == 1 else x
 
 
-def load(path: str | os.PathLike[str]) -> Dataset:
-    """The samples (and labels) of a .npy / .npz file: uint8 images to [-1, 1], other numbers as given."""
+def read_arrays(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray | None]:
+    """(samples [N, ...], labels or None) of a .npy file, or of a .npz file's first array named in
+    DATA_KEYS and its "labels"; read without pickle, every defect a ValueError naming the file."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in _SIGNATURES:
@@ -61,7 +52,19 @@ def load(path: str | os.PathLike[str]) -> Dataset:
                 f"{path} is not a NumPy {suffix} file (it lacks the format's signature)"
             )
     try:
-        data, labels, names = _read(path)
+        if suffix == ".npy":
+            data, labels = np.load(path, allow_pickle=False), None
+        else:
+            with np.load(path, allow_pickle=False) as archive:
+                key = next((k for k in DATA_KEYS if k in archive.files), None)
+                if key is None:
+                    raise LookupError(
+                        f"{path} has arrays {archive.files} but none named {' or '.join(DATA_KEYS)}"
+                    )
+                data = archive[key]
+                labels = archive[LABEL_KEY] if LABEL_KEY in archive.files else None
+    except LookupError as e:
+        raise ValueError(str(e)) from None
     except ValueError as e:
         if "pickle" in str(e):
             raise ValueError(
@@ -70,14 +73,20 @@ def load(path: str | os.PathLike[str]) -> Dataset:
         raise ValueError(f"cannot read {path}: {e}") from None
     except Exception as e:  # NumPy's header parser raises SyntaxError, TokenError, ... on damage
         raise ValueError(f"cannot read {path}: {type(e).__name__}: {e}") from None
-    if data is None:
-        raise ValueError(f"{path} has arrays {names} but none named {' or '.join(DATA_KEYS)}")
     if data.ndim == 0 or len(data) == 0:
         raise ValueError(f"{path}: expected samples [N, ...] with N >= 1, got shape {data.shape}")
     if labels is not None and labels.dtype.kind not in "iu":
         raise ValueError(f"{path}: labels must be integers, got dtype {labels.dtype}")
+    if labels is not None and labels.shape != data.shape[:1]:
+        raise ValueError(f"{path}: {len(data)} samples but labels of shape {labels.shape}")
+    return data, labels
+
+
+def load(path: str | os.PathLike[str]) -> Dataset:
+    """The samples (and labels) of a .npy / .npz file: uint8 images to [-1, 1], other numbers as given."""
+    data, labels = read_arrays(path)
     return Dataset(
-        _samples(data, path),
+        _samples(data, Path(path)),
         None if labels is None else torch.from_numpy(labels.astype(np.int64)),
         name=str(path),
     )
