@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from torch import Tensor
 
 __all__ = [
     "FINAL_STEPS",
     "SIGMA_DATA",
+    "combine",
     "ddim_step",
     "final_step",
     "final_weight",
@@ -30,6 +32,22 @@ def check_final(final: str, sampler: str | None = None) -> None:
 def ddim_step(x: Tensor, denoised: Tensor, sigma: float, sigma_next: float) -> Tensor:
     """DDIM = Euler in sigma = first-order exponential integrator: x' = D + (s'/s)(x - D) (Song et al. 2021)."""
     return denoised + (sigma_next / sigma) * (x - denoised)
+
+
+def combine(
+    x: Tensor, scale: float, coefficients: Sequence[float], tensors: Sequence[Tensor]
+) -> Tensor:
+    """scale x + sum_k coefficients[k] tensors[k], in one new tensor (host-float coefficients:
+    one fused multiply-add per term, no temporaries)."""
+    terms = list(zip(coefficients, tensors))
+    if scale == 1.0 and terms:
+        (c0, t0), *terms = terms
+        out = x.add(t0, alpha=c0)
+    else:
+        out = x * scale
+    for ck, tk in terms:
+        out.add_(tk, alpha=ck)
+    return out
 
 
 def final_weight(sigma: float, sigma_data: float = SIGMA_DATA) -> float:

@@ -35,6 +35,7 @@ from difflab.sampling.registry import Grid, register
 from difflab.sampling.samplers.stochastic import ancestral_split
 from difflab.sampling.steps import (
     check_final,
+    combine,
     ddim_step,
     final_step,
     phis,
@@ -203,22 +204,36 @@ def _multistep(
         h = math.log(s / nxt)
         big = (1 + eta) * h
         phi1, phi2, phi3 = _phi(big)
-        x = math.exp(-big) * x + phi1 * denoised
-        if len(hist) == 2 and (reference or MAX_RATIO * hist[0][1] >= h):  # third order
-            (d_1, h_1), (d_2, h_2) = hist
-            r0, r1 = h_1 / h, h_2 / h
-            d1_0 = (denoised - d_1) / r0  # h [D, D_1]
-            d1_1 = (d_1 - d_2) / r1  # h [D_1, D_2]
-            d2 = (d1_0 - d1_1) / (r0 + r1)  # h^2 [D, D_1, D_2] = h^2 D''/2; h D' = d1_0 + r0 d2
-            x = x + phi2 * (d1_0 + r0 * d2) - ((1 if reference else 2) * phi3) * d2
+        hs = [h_k for _, h_k in hist]
+        if len(hist) == 2 and (reference or MAX_RATIO * hs[0] >= h):  # third order
+            weights = _third_order(h, hs[0], hs[1], phi1, phi2, (1 if reference else 2) * phi3)
         elif hist:  # second order: D' of the line through 2 D's
-            prev, h_prev = hist[0]
-            c = phi1 / 2 if solver_type == "midpoint" else phi2
-            x = x + (c * h / h_prev) * (denoised - prev)
+            c = (phi1 / 2 if solver_type == "midpoint" else phi2) * h / hs[0]
+            weights = (phi1 + c, -c)
+        else:
+            weights = (phi1,)
+        ds = [denoised, *(d for d, _ in hist)]
+        x_next = combine(x, math.exp(-big), weights, ds)
         if eta > 0 and s_noise > 0 and noise is not None:
-            x = x + (nxt * math.sqrt(-math.expm1(-2 * eta * h)) * s_noise) * noise()
+            x_next.add_(noise(), alpha=nxt * math.sqrt(-math.expm1(-2 * eta * h)) * s_noise)
+        x = x_next
         hist = [(denoised, h), *hist][: order - 1]
     return x
+
+
+def _third_order(
+    h: float, h_1: float, h_2: float, phi1: float, phi2: float, k3: float
+) -> tuple[float, float, float]:
+    """Weights on (D, D_1, D_2) of phi1 D + phi2 h D' - k3 h^2 D''/2, with h D' and h^2 D''/2 the
+    divided differences of the quadratic through the three D's (r0 = h_1/h, r1 = h_2/h):
+    d1_0 = (D - D_1)/r0, d1_1 = (D_1 - D_2)/r1, d2 = (d1_0 - d1_1)/(r0 + r1), h D' = d1_0 + r0 d2."""
+    r0, r1 = h_1 / h, h_2 / h
+    d1_0 = (1 / r0, -1 / r0, 0.0)
+    d1_1 = (0.0, 1 / r1, -1 / r1)
+    d2 = [(a - b) / (r0 + r1) for a, b in zip(d1_0, d1_1)]
+    return tuple(
+        (phi1 if j == 0 else 0.0) + phi2 * (d1_0[j] + r0 * d2[j]) - k3 * d2[j] for j in range(3)
+    )
 
 
 # ---------------------------------------------------------------------------- DPM-Solver

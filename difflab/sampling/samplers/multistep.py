@@ -27,13 +27,14 @@ cancellation (:func:`difflab.sampling.steps.phis`).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
 from torch import Tensor
 
 from difflab.sampling.registry import Grid, register
-from difflab.sampling.steps import check_final, final_step, phis
+from difflab.sampling.steps import check_final, combine, final_step, phis
 
 # --------------------------------------------------------------------------------------------
 # coefficient math on the host
@@ -65,13 +66,13 @@ def _quadrature(nodes: Sequence[float], moments: Sequence[float]) -> list[float]
     return [sum(c * mu for c, mu in zip(poly, moments)) for poly in _lagrange(nodes)]
 
 
-def _step_order(grid: Grid, i: int, order: int, available: int, lower_order_final: bool) -> int:
-    """The order of step i: what the history allows and, with ``lower_order_final`` on a grid ending
-    in 0, at most the number of steps left.
+def _step_order(sigmas: Sequence[float], i: int, order: int, lower_order_final: bool) -> int:
+    """The order of step i: what the history of i + 1 evaluations allows and, with
+    ``lower_order_final`` on a grid ending in 0, at most the number of steps left.
     """
-    k = min(order, available)
-    if lower_order_final and grid[grid.steps] == 0:
-        k = min(k, grid.steps - i)
+    k = min(order, i + 1)
+    if lower_order_final and sigmas[-1] == 0:
+        k = min(k, len(sigmas) - 1 - i)
     return k
 
 
@@ -84,7 +85,20 @@ def _check(name: str, order: int, highest: int, final: str) -> None:
 # --------------------------------------------------------------------------------------------
 # Adams-Bashforth methods on eps = (x - D) / sigma = dx/dsigma: lms, deis, ipndm
 
-Weights = Callable[[list[float], int, int], list[float]]
+Weights = Callable[[Sequence[float], int, int], list[float]]
+
+
+@functools.lru_cache(maxsize=256)
+def _adams_table(
+    weights: Weights, sigmas: tuple[float, ...], order: int, lower_order_final: bool
+) -> tuple[tuple[float, ...], ...]:
+    """The weights of every step but a final one into 0, computed once per grid and options: a
+    sampler called again on the same grid (every batch of a run) does no coefficient math."""
+    steps = len(sigmas) - 1 - (sigmas[-1] == 0)
+    return tuple(
+        tuple(weights(sigmas, i, _step_order(sigmas, i, order, lower_order_final)))
+        for i in range(steps)
+    )
 
 
 def _adams(
@@ -98,6 +112,7 @@ def _adams(
     """x_{i+1} = x_i + sum_j w_j eps_{i-j}, w = weights(sigmas, i, k) for the k newest eps (k from
     :func:`_step_order`): the loop of every Adams-Bashforth sampler here.
     """
+    table = _adams_table(weights, tuple(grid.sigmas), order, lower_order_final)
     history: list[Tensor] = []  # eps, newest first; order - 1 kept between steps
     for i in range(grid.steps):
         s, nxt = grid[i], grid[i + 1]
@@ -106,15 +121,12 @@ def _adams(
             previous = (history[0], grid[i - 1]) if history else None
             return final_step(x, denoised, final, s, previous)
         history.insert(0, (x - denoised).div_(s))
-        w = weights(grid.sigmas, i, _step_order(grid, i, order, len(history), lower_order_final))
-        x = x.add(history[0], alpha=w[0])
-        for wj, eps in zip(w[1:], history[1:]):
-            x.add_(eps, alpha=wj)
+        x = combine(x, 1.0, table[i], history)
         del history[order - 1 :]
     return x
 
 
-def _lms_weights(sigmas: list[float], i: int, k: int) -> list[float]:
+def _lms_weights(sigmas: Sequence[float], i: int, k: int) -> list[float]:
     """int_{s_i}^{s_{i+1}} l_j(sigma) dsigma, l_j the Lagrange basis on s_i, ..., s_{i-k+1}: in t =
     (sigma - s_i) / (s_{i+1} - s_i) the moments are int_0^1 t^m dt = 1 / (m + 1).
     """
@@ -123,7 +135,7 @@ def _lms_weights(sigmas: list[float], i: int, k: int) -> list[float]:
     return [step * w for w in _quadrature(nodes, [1.0 / (m + 1) for m in range(k)])]
 
 
-def _deis_weights(sigmas: list[float], i: int, k: int) -> list[float]:
+def _deis_weights(sigmas: Sequence[float], i: int, k: int) -> list[float]:
     """int_{s_i}^{s_{i+1}} l_j(log sigma) dsigma, l_j the Lagrange basis in log sigma on s_i, ...,
     s_{i-k+1}: in t = log(sigma / s_{i+1}) / h, h = log(s_i / s_{i+1}), dsigma = h s_{i+1} e^{h t}
     dt and the moments int_0^1 e^{h t} t^m dt = e^h m! phi_{m+1}(-h) are closed-form.
@@ -139,7 +151,7 @@ def _deis_weights(sigmas: list[float], i: int, k: int) -> list[float]:
 _AB = ((1.0,), (3 / 2, -1 / 2), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 / 24, -9 / 24))
 
 
-def _ipndm_weights(sigmas: list[float], i: int, k: int) -> list[float]:
+def _ipndm_weights(sigmas: Sequence[float], i: int, k: int) -> list[float]:
     step = sigmas[i + 1] - sigmas[i]
     return [step * w for w in _AB[k - 1]]
 
@@ -202,7 +214,7 @@ def ipndm(grid: Grid, x: Tensor, *, order: int = 4, final: str = "tau") -> Tenso
 
 
 def _unipc_coefficients(
-    sigmas: list[float], i: int, p: int, variant: str
+    sigmas: Sequence[float], i: int, p: int, variant: str
 ) -> tuple[float, list[float], list[float]]:
     """UniP-p and UniC-p on s_i -> s_{i+1} in data prediction, as (ratio, c, d): with m_0 = D at s_i
     and m_k = D at s_{i-k},
@@ -238,12 +250,21 @@ def _axpy(a: float, u: list[float], v: list[float]) -> list[float]:
     return [a * (u[k] if k < len(u) else 0.0) + (v[k] if k < len(v) else 0.0) for k in range(n)]
 
 
-def _combine(x: Tensor, scale: float, coefficients: list[float], ms: list[Tensor]) -> Tensor:
-    """scale x + sum_k coefficients[k] ms[k], in one new tensor."""
-    out = x * scale if scale != 1.0 else x.clone()
-    for ck, mk in zip(coefficients, ms):
-        out.add_(mk, alpha=ck)
-    return out
+@functools.lru_cache(maxsize=256)
+def _unipc_table(
+    sigmas: tuple[float, ...], order: int, variant: str, corrector: bool, lower_order_final: bool
+) -> tuple[tuple[float, tuple[float, ...], tuple[float, ...]], ...]:
+    """Per step but a final one into 0: (ratio, predictor coefficients with the previous step's
+    corrector folded in, this step's corrector coefficients), once per grid and options."""
+    steps = len(sigmas) - 1 - (sigmas[-1] == 0)
+    table, pending = [], []
+    for i in range(steps):
+        p = _step_order(sigmas, i, order, lower_order_final)
+        ratio, c, d = _unipc_coefficients(sigmas, i, p, variant)
+        # the corrected x_c = x + sum pending m enters the predictor only as ratio x_c: fold it in
+        table.append((ratio, tuple(_axpy(ratio, pending, c)), tuple(d if corrector else [])))
+        pending = d if corrector else []
+    return tuple(table)
 
 
 @register("unipc", order=4)
@@ -275,18 +296,15 @@ def unipc(
     _check("unipc", order, 3, final)
     if variant not in ("bh1", "bh2"):
         raise ValueError(f"unipc: variant must be 'bh1' or 'bh2', got {variant!r}")
+    table = _unipc_table(tuple(grid.sigmas), order, variant, corrector, lower_order_final)
     ms: list[Tensor] = []  # data predictions, newest first
-    pending: list[float] = []  # UniC coefficients on ms for the interval just taken
+    pending: tuple[float, ...] = ()  # UniC coefficients on ms for the interval just taken
     for i in range(grid.steps):
-        nxt = grid[i + 1]
         m = grid.denoise(x, i)
         ms.insert(0, m)
-        if nxt == 0:
-            return final_step(_combine(x, 1.0, pending, ms) if pending else x, m, final, grid[i])
-        p = _step_order(grid, i, order, len(ms), lower_order_final)
-        ratio, c, d = _unipc_coefficients(grid.sigmas, i, p, variant)
-        # the corrected x_c = x + sum pending m enters the predictor only as ratio x_c: fold it in
-        x = _combine(x, ratio, _axpy(ratio, pending, c), ms)
-        pending = d if corrector else []
+        if grid[i + 1] == 0:
+            return final_step(combine(x, 1.0, pending, ms) if pending else x, m, final, grid[i])
+        ratio, c, pending = table[i]
+        x = combine(x, ratio, c, ms)
         del ms[order:]
     return x
