@@ -25,6 +25,7 @@ its eta = 0 limit (measured in the tests); with noise they are tested in distrib
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from functools import partial
@@ -191,8 +192,8 @@ def _multistep(
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
     check_final(final)
     _check_eta(eta, s_noise, ancestral=False)
-    reference = variant == "reference"
-    hist: list[tuple[Tensor, float]] = []  # (D, h) of the previous steps, newest first
+    table = _multistep_table(tuple(grid.sigmas), order, eta, solver_type, variant)
+    hist: list[Tensor] = []  # D of the previous steps, newest first
     last = None  # (x, D, sigma) of the previous step on a deterministic path, for final_step
     for i in range(grid.steps):
         s, nxt = grid[i], grid[i + 1]
@@ -201,24 +202,40 @@ def _multistep(
             return final_step(x, denoised, final, s, previous_eps(last))
         if eta == 0:
             last = (x, denoised, s)
+        decay, weights, std = table[i]
+        x_next = combine(x, decay, weights, [denoised, *hist])
+        if std > 0 and s_noise > 0 and noise is not None:
+            x_next.add_(noise(), alpha=std * s_noise)
+        x = x_next
+        hist = [denoised, *hist][: order - 1]
+    return x
+
+
+@functools.lru_cache(maxsize=256)
+def _multistep_table(
+    sigmas: tuple[float, ...], order: int, eta: float, solver_type: str, variant: str
+) -> tuple[tuple[float, tuple[float, ...], float], ...]:
+    """Per step but a final one into 0, once per grid and options: (e^-H, weights on the newest
+    D's, noise std) of x' = e^-H x + sum_j w_j D_j + std z, H = (1 + eta) h."""
+    table = []
+    hs: list[float] = []  # h of the previous steps, newest first
+    for i in range(len(sigmas) - 1 - (sigmas[-1] == 0)):
+        s, nxt = sigmas[i], sigmas[i + 1]
         h = math.log(s / nxt)
         big = (1 + eta) * h
         phi1, phi2, phi3 = _phi(big)
-        hs = [h_k for _, h_k in hist]
-        if len(hist) == 2 and (reference or MAX_RATIO * hs[0] >= h):  # third order
-            weights = _third_order(h, hs[0], hs[1], phi1, phi2, (1 if reference else 2) * phi3)
-        elif hist:  # second order: D' of the line through 2 D's
+        if len(hs) == 2 and (variant == "reference" or MAX_RATIO * hs[0] >= h):  # third order
+            k3 = (1 if variant == "reference" else 2) * phi3
+            weights: tuple[float, ...] = _third_order(h, hs[0], hs[1], phi1, phi2, k3)
+        elif hs:  # second order: D' of the line through 2 D's
             c = (phi1 / 2 if solver_type == "midpoint" else phi2) * h / hs[0]
             weights = (phi1 + c, -c)
         else:
             weights = (phi1,)
-        ds = [denoised, *(d for d, _ in hist)]
-        x_next = combine(x, math.exp(-big), weights, ds)
-        if eta > 0 and s_noise > 0 and noise is not None:
-            x_next.add_(noise(), alpha=nxt * math.sqrt(-math.expm1(-2 * eta * h)) * s_noise)
-        x = x_next
-        hist = [(denoised, h), *hist][: order - 1]
-    return x
+        std = nxt * math.sqrt(-math.expm1(-2 * eta * h)) if eta > 0 else 0.0
+        table.append((math.exp(-big), weights, std))
+        hs = [h, *hs][: order - 1]
+    return tuple(table)
 
 
 def _third_order(

@@ -26,7 +26,7 @@ import numpy as np
 from torch import Tensor
 
 from difflab.sampling.registry import Grid, register
-from difflab.sampling.steps import check_final, ddim_step, final_step
+from difflab.sampling.steps import check_final, combine, ddim_step, final_step
 
 __all__ = ["ancestral_split", "er_sde_noise_scaler", "stochastic_adams_coefficients"]
 
@@ -266,35 +266,53 @@ def er_sde(
     """
     _check(max_stage in (1, 2, 3), f"max_stage must be 1, 2 or 3, got {max_stage}")
     check_final(final)
-    phi = noise_scaler or er_sde_noise_scaler
-    history: list[tuple[float, Tensor]] = []  # (sigma, D) of the last two steps
-    d1_prev: Tensor | None = None
+    table = _er_sde_table(noise_scaler or er_sde_noise_scaler, tuple(grid.sigmas), max_stage)
+    history: list[Tensor] = []  # D of the last two steps, newest first
     for i in range(grid.steps):
-        s, nxt = grid[i], grid[i + 1]
         denoised = grid.denoise(x, i)
-        if nxt == 0:
-            return final_step(x, denoised, final, s)
+        if grid[i + 1] == 0:
+            return final_step(x, denoised, final, grid[i])
+        r, std, weights = table[i]
+        x = denoised + r * (x - denoised)  # ddim_step's form: phi = sigma is euler op for op
+        for w, d in zip(weights, [denoised, *history]):
+            x.add_(d, alpha=w)
+        if std > 0 and s_noise != 0:
+            x.add_(noise(), alpha=s_noise * std)
+        history = [denoised, *history][: max_stage - 1]
+    return x
+
+
+@functools.lru_cache(maxsize=256)
+def _er_sde_table(
+    phi: Callable[[float], float], sigmas: tuple[float, ...], max_stage: int
+) -> tuple[tuple[float, float, tuple[float, ...]], ...]:
+    """Per step but a final one into 0: (r, noise std, weights on D, D_1, D_2), once per grid.
+
+    x' = D + r (x - D) + c1 D' + (c1 (s - s_1)/2 + c2) D'' with D' = (D - D_1)/(s - s_1) and
+    D'' = (D' - (D_1 - D_2)/(s_1 - s_2)) / ((s - s_2)/2): the last two terms are linear in
+    (D, D_1, D_2), with these weights (none at stage 1)."""
+    table = []
+    for i in range(len(sigmas) - 1 - (sigmas[-1] == 0)):
+        s, nxt = sigmas[i], sigmas[i + 1]
         r = phi(nxt) / phi(s)
         var = nxt * nxt - (s * r) ** 2
         _check(var > -1e-12 * nxt * nxt, "noise_scaler must make phi(sigma)/sigma non-decreasing")
-        x = denoised + r * (x - denoised)  # ddim_step's form: phi = sigma is euler op for op
+        weights = [0.0, 0.0, 0.0]
         stage = min(max_stage, i + 1)
         if stage >= 2:
             c1, c2 = _er_sde_integrals(phi, s, nxt)
-            s1, den1 = history[-1]
-            d1 = (denoised - den1) / (s - s1)
+            a = 1 / (s - sigmas[i - 1])  # D' = a (D - D_1)
+            weights[0] += c1 * a
+            weights[1] -= c1 * a
             if stage == 3:
-                assert d1_prev is not None
-                d2 = (d1 - d1_prev) / ((s - history[0][0]) / 2)
-                x = x + c1 * d1 + (c1 * (s - s1) / 2 + c2) * d2
-            else:
-                x = x + c1 * d1
-            d1_prev = d1 if max_stage == 3 else None
-        if var > 0 and s_noise != 0:
-            x = x + (s_noise * math.sqrt(var)) * noise()
-        if max_stage > 1:
-            history = [*history[-1:], (s, denoised)]
-    return x
+                k = c1 * (s - sigmas[i - 1]) / 2 + c2
+                b = 1 / (sigmas[i - 1] - sigmas[i - 2])  # D'_1 = b (D_1 - D_2)
+                q = k * 2 / (s - sigmas[i - 2])  # k D'' = q (D' - D'_1)
+                weights[0] += q * a
+                weights[1] -= q * (a + b)
+                weights[2] += q * b
+        table.append((r, math.sqrt(max(var, 0.0)), tuple(weights[: stage if stage > 1 else 0])))
+    return tuple(table)
 
 
 # ---------------------------------------------------------------------------------- SA-Solver
@@ -342,14 +360,6 @@ def stochastic_adams_coefficients(nodes: list[float], c: float) -> list[float]:
     return out
 
 
-def _lincomb(x: Tensor, scale: float, weights: list[float], values: list[Tensor]) -> Tensor:
-    """scale x + sum_j weights_j values_j, in one new tensor."""
-    out = x * scale
-    for w, v in zip(weights, values):
-        out.add_(v, alpha=w)
-    return out
-
-
 def _sa_nfe(n: int, pece: bool = False, corrector_order: int = 4, **_: Any) -> int:
     return 2 * n - 1 if pece and corrector_order > 0 else n
 
@@ -393,41 +403,77 @@ def sa_solver(
     )
     _check(eta >= 0, f"eta must be >= 0, got {eta}")
     check_final(final)
-    lo, hi = noise_interval
     keep = max(predictor_order, corrector_order)
-    history: list[tuple[float, Tensor]] = []  # (lambda, D), newest last
+    table = _sa_table(
+        tuple(grid.sigmas), predictor_order, corrector_order, eta, noise_interval, pece
+    )
+    history: list[Tensor] = []  # D at the last ``keep`` levels, newest last
     x_pred, x_prev, z = x, x, None
-    step = (0.0, 0.0, 0.0)  # (e^-c, c, h) of the last prediction
     for i in range(grid.steps):
-        s, nxt = grid[i], grid[i + 1]
-        lam = -math.log(s)
         denoised = grid.denoise(x_pred, i)
-        history = [*history[-(keep - 1) :], (lam, denoised)] if keep > 1 else [(lam, denoised)]
+        history = [*history[-(keep - 1) :], denoised] if keep > 1 else [denoised]
         x = x_pred
-        order = min(corrector_order, len(history))
-        if i > 0 and order > 0 and (pece or nxt > 0):
-            decay, c, h = step
-            nodes = [(lam_j - lam) / h for lam_j, _ in history[-order:]]
-            b = stochastic_adams_coefficients(nodes, c)
-            x = _lincomb(x_prev, decay, b, [d for _, d in history[-order:]])
+        corrector, predictor = table[i]
+        if corrector is not None:
+            decay, b = corrector
+            x = combine(x_prev, decay, b, history[-len(b) :])
             if z is not None:
                 x.add_(z)
             if pece:
                 denoised = grid.denoise(x, i, stage=True)
-                history[-1] = (lam, denoised)
+                history[-1] = denoised
+        if predictor is None:
+            return final_step(x, denoised, final, grid[i])
+        decay, b, std = predictor
+        x_pred = combine(x, decay, b, history[-len(b) :])
+        z = None
+        if std > 0 and s_noise != 0:
+            z = noise().mul_(s_noise * std)
+            x_pred.add_(z)
+        x_prev = x
+    return x_pred
+
+
+SaStep = tuple[
+    tuple[float, tuple[float, ...]] | None, tuple[float, tuple[float, ...], float] | None
+]
+
+
+@functools.lru_cache(maxsize=256)
+def _sa_table(
+    sigmas: tuple[float, ...],
+    predictor_order: int,
+    corrector_order: int,
+    eta: float,
+    noise_interval: tuple[float, float],
+    pece: bool,
+) -> tuple[SaStep, ...]:
+    """Per step i, once per grid and options: the corrector (e^-c of the last prediction, weights on
+    the newest D's) or None, and the predictor (e^-c, weights, noise std) or None into sigma = 0."""
+    lo, hi = noise_interval
+    keep = max(predictor_order, corrector_order)
+    lams = [-math.log(s) if s > 0 else math.inf for s in sigmas]
+    table: list[SaStep] = []
+    last = (0.0, 0.0, 0.0)  # (e^-c, c, h) of the last prediction
+    for i in range(len(sigmas) - 1):
+        s, nxt = sigmas[i], sigmas[i + 1]
+        available = min(i + 1, keep)
+        order = min(corrector_order, available)
+        corrector = None
+        if i > 0 and order > 0 and (pece or nxt > 0):
+            decay, c, h = last
+            nodes = [(lams[j] - lams[i]) / h for j in range(i - order + 1, i + 1)]
+            corrector = (decay, tuple(stochastic_adams_coefficients(nodes, c)))
         if nxt == 0:
-            return final_step(x, denoised, final, s)
+            table.append((corrector, None))
+            break
         tau = eta if lo <= nxt <= hi else 0.0
         h = math.log(s / nxt)
         c = (1 + tau * tau) * h
         decay = (nxt / s) * math.exp(-tau * tau * h)
-        order = min(predictor_order, len(history))
-        nodes = [(lam_j - lam) / h - 1.0 for lam_j, _ in history[-order:]]
-        b = stochastic_adams_coefficients(nodes, c)
-        x_pred = _lincomb(x, decay, b, [d for _, d in history[-order:]])
-        z = None
-        if tau > 0 and s_noise != 0:
-            z = (s_noise * nxt * math.sqrt(-math.expm1(-2 * tau * tau * h))) * noise()
-            x_pred.add_(z)
-        x_prev, step = x, (decay, c, h)
-    return x_pred
+        order = min(predictor_order, available)
+        nodes = [(lams[j] - lams[i]) / h - 1.0 for j in range(i - order + 1, i + 1)]
+        std = nxt * math.sqrt(-math.expm1(-2 * tau * tau * h)) if tau > 0 else 0.0
+        table.append((corrector, (decay, tuple(stochastic_adams_coefficients(nodes, c)), std)))
+        last = (decay, c, h)
+    return tuple(table)
