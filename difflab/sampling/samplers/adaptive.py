@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from difflab.sampling.registry import Grid, register
-from difflab.sampling.steps import final_step
+from difflab.sampling.steps import combine, final_step
 
 # Bogacki & Shampine (1989) 3(2) pair: stage nodes, the 3rd-order weights, and 3rd minus 2nd-order
 # weights (the 4th stage is the first stage of the next step: first same as last).
@@ -56,30 +56,36 @@ def adaptive(
     calls = 0
     per_sample = torch.zeros(n, dtype=torch.long, device=x.device)
 
-    def slope(xs: Tensor, rhos: Tensor, rows: Tensor) -> Tensor:  # dx/drho = x - D
+    def slope(xs: Tensor, rhos: Tensor, rows: Tensor | None) -> Tensor:  # dx/drho = x - D
         nonlocal calls
         calls += 1
-        per_sample[rows] += 1
+        if rows is None:
+            per_sample.add_(1)
+        else:
+            per_sample[rows] += 1
         return xs - grid.evaluate(xs, rhos.exp().to(x.dtype), rows)
 
-    everyone = torch.arange(n, device=x.device)
-    k1 = slope(x, rho, everyone)
-    active, iterations, rejected = everyone, 0, 0
+    k1 = slope(x, rho, None)
+    active, iterations, rejected = torch.arange(n, device=x.device), 0, 0
     while len(active):
         if calls + 3 > max_nfe:
             raise RuntimeError(
                 f"adaptive sampler exceeded max_nfe={max_nfe} (rtol={rtol}, atol={atol})"
             )
-        xa, ra, ka = x[active], rho[active], k1[active]
-        ha = torch.maximum(h[active], rho_end - ra)  # both negative: do not step past the end
+        everyone = len(active) == n  # no gathers while every sample is still integrating
+        rows = None if everyone else active
+        xa, ra, ka, ha = (
+            (x, rho, k1, h) if everyone else (x[active], rho[active], k1[active], h[active])
+        )
+        ha = torch.maximum(ha, rho_end - ra)  # both negative: do not step past the end
         hc = ha.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
-        k2 = slope(xa + _BS_C[0] * hc * ka, ra + _BS_C[0] * ha, active)
-        k3 = slope(xa + _BS_C[1] * hc * k2, ra + _BS_C[1] * ha, active)
-        x_new = xa + hc * (_BS_B[0] * ka + _BS_B[1] * k2 + _BS_B[2] * k3)
-        k4 = slope(x_new, ra + ha, active)
-        err = hc * (_BS_E[0] * ka + _BS_E[1] * k2 + _BS_E[2] * k3 + _BS_E[3] * k4)
-        scale = atol + rtol * torch.maximum(xa.abs(), x_new.abs())
-        norm = (err / scale).double().square().flatten(1).mean(1).sqrt()
+        k2 = slope(torch.addcmul(xa, hc, ka, value=_BS_C[0]), ra + _BS_C[0] * ha, rows)
+        k3 = slope(torch.addcmul(xa, hc, k2, value=_BS_C[1]), ra + _BS_C[1] * ha, rows)
+        x_new = torch.addcmul(xa, hc, combine(ka, _BS_B[0], _BS_B[1:], [k2, k3]))
+        k4 = slope(x_new, ra + ha, rows)
+        err = hc * combine(ka, _BS_E[0], _BS_E[1:], [k2, k3, k4])
+        scale = torch.maximum(xa.abs(), x_new.abs()).mul_(rtol).add_(atol)
+        norm = err.div_(scale).double().square().flatten(1).mean(1).sqrt()
         ok = norm <= 1
         done_rows = active[ok]
         x[done_rows], k1[done_rows] = x_new[ok], k4[ok]
