@@ -1,0 +1,128 @@
+"""What the inverse-problem methods share: the measurement check, the Gaussian approximation of
+p(y | x) at noise level sigma (Song et al. 2023's, used by PiGDM's guidance and the SMC twist), its
+exact Gaussian conditioning, and one denoiser evaluation with a gradient through it.
+
+With p(x0 | x) ~ N(D(x, sigma), r^2 I), y = A x0 + n, n ~ N(0, noise_std^2 I):
+
+    p~(y | x) = N(y; A D, noise_std^2 I + r^2 A A^T),   r^2 = sigma^2 c^2 / (sigma^2 + c^2)
+
+r^2 is the posterior variance of x0 | x for x0 ~ N(0, c^2 I) (c = ``data_std``; c = 1 is the paper's
+choice). For an operator given as a plain differentiable callable there is no A A^T and
+p~(y | x) = N(y; A(D), noise_std^2 I) (Wu et al. 2023's twist).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from difflab.inverse.operators import LinearOperator
+
+__all__ = [
+    "Operator",
+    "check_measurement",
+    "condition",
+    "linear",
+    "log_likelihood",
+    "posterior_variance",
+]
+
+Operator = LinearOperator | Callable[[Tensor], Tensor]
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def check_measurement(
+    operator: Operator, y: Tensor, x: Tensor, noise_std: float, batch: int | None = None
+) -> None:
+    """ValueErrors naming the problem when y, x or noise_std cannot go together."""
+    if not callable(operator):
+        raise ValueError(f"operator must be a LinearOperator or a callable, got {operator!r}")
+    if not (isinstance(noise_std, int | float) and math.isfinite(noise_std) and noise_std >= 0):
+        raise ValueError(f"noise_std must be a number >= 0, got {noise_std!r}")
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 1:
+        raise ValueError("x must be a floating-point tensor [B, ...] (noise times sigmas[0])")
+    if not isinstance(y, Tensor) or y.ndim < 1:
+        raise ValueError("y must be a tensor [B, ...] (one measurement per sample)")
+    want = len(x) if batch is None else batch
+    if len(y) != want:
+        raise ValueError(f"got {len(y)} measurements y for {want} samples")
+    if isinstance(operator, LinearOperator):
+        if tuple(x.shape[1:]) != operator.in_shape:
+            raise ValueError(
+                f"x has sample shape {list(x.shape[1:])} but the operator takes "
+                f"{list(operator.in_shape)}"
+            )
+        if tuple(y.shape[1:]) != operator.out_shape:
+            raise ValueError(
+                f"y has shape {list(y.shape[1:])} per sample but the operator measures "
+                f"{list(operator.out_shape)}"
+            )
+    elif noise_std == 0:
+        raise ValueError(
+            "a callable (nonlinear) operator needs noise_std > 0: its likelihood has no "
+            "noise-free Gaussian form"
+        )
+
+
+def linear(operator: Operator, method: str) -> LinearOperator:
+    """The operator, or a ValueError saying ``method`` needs a LinearOperator (its SVD)."""
+    if not isinstance(operator, LinearOperator):
+        raise ValueError(
+            f"{method} needs a LinearOperator (it uses A's SVD); got {type(operator).__name__}. "
+            "For a nonlinear A use dps or smc"
+        )
+    return operator
+
+
+def posterior_variance(sigma: Tensor | float, data_std: float) -> Tensor | float:
+    """r^2 = sigma^2 c^2 / (sigma^2 + c^2): Var[x0 | x] for x0 ~ N(0, c^2 I) (PiGDM's r_t^2 at c = 1)."""
+    if not data_std > 0:
+        raise ValueError(f"data_std must be > 0, got {data_std}")
+    return sigma * sigma * data_std**2 / (sigma * sigma + data_std**2)
+
+
+def _spectral_variance(op: LinearOperator, like: Tensor, noise_std: float, r2: Tensor) -> Tensor:
+    """noise_std^2 + r^2 s_i^2 [B or 1, r]: the variance of U^T y's range coordinates under p~."""
+    return noise_std**2 + r2.reshape(-1, 1) * op.s(like).square()
+
+
+def log_likelihood(
+    operator: Operator, y: Tensor, d: Tensor, noise_std: float, r2: Tensor | float = 0.0
+) -> Tensor:
+    """log N(y; A d, noise_std^2 I + r2 A A^T) per sample [B] (r2 a number or one per sample),
+    evaluated in U's coordinates. With noise_std = 0, U^T y's coordinates outside A's range are
+    left out (they do not depend on d). For a callable A: log N(y; A(d), noise_std^2 I)."""
+    if not isinstance(operator, LinearOperator):
+        res = (y - operator(d)).flatten(1)
+        var = noise_std**2
+        return -0.5 * (res.square().sum(1) / var + res.shape[1] * (math.log(var) + _LOG_2PI))
+    op, r = operator, operator.rank
+    c = op.ut(y - op(d))
+    var = _spectral_variance(op, d, noise_std, torch.as_tensor(r2, dtype=d.dtype, device=d.device))
+    out = -0.5 * (c[:, :r].square() / var + var.log() + _LOG_2PI).sum(1)
+    if noise_std > 0 and op.out_dim > r:
+        rest = c[:, r:].square().sum(1) / noise_std**2
+        out = out - 0.5 * (rest + (op.out_dim - r) * (2 * math.log(noise_std) + _LOG_2PI))
+    return out
+
+
+def condition(
+    operator: Operator, y: Tensor, d: Tensor, noise_std: float, r2: float, z: Tensor
+) -> Tensor:
+    """A draw from N(x0; d, r2 I) conditioned on y = A x0 + n: mean d + r2 A^T S^-1 (y - A d),
+    S = r2 A A^T + noise_std^2 I, covariance r2 I - r2^2 A^T S^-1 A, i.e. in V's coordinates
+    variance r2 noise_std^2 / (r2 s_i^2 + noise_std^2) on the range and r2 on the null space;
+    ``z`` is standard normal like d. A callable A has no such form: d itself (Wu et al. 2023)."""
+    if not isinstance(operator, LinearOperator):
+        return d
+    op, r = operator, operator.rank
+    s = op.s(d)
+    var = noise_std**2 + r2 * s.square()
+    gain = op.ut(y - op(d))[:, :r] * (r2 * s / var)
+    std = torch.full((op.in_dim,), math.sqrt(r2), dtype=d.dtype, device=d.device)
+    std[:r] = (r2 * noise_std**2 / var).sqrt()
+    shift = torch.cat([gain, gain.new_zeros(len(d), op.in_dim - r)], 1)
+    return d + op.v(shift + std * z.flatten(1))
