@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -469,3 +470,64 @@ def test_bad_guidance_settings_are_named():
         composable(den, [])
     with pytest.raises(ValueError, match="a scale or a rule"):
         classifier_free(den, "strong")
+
+
+# ---------------------------------------------------------------------- saved models and the CLI
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    from test_pretrained import save_tiny
+
+    return save_tiny(tmp_path_factory.mktemp("models") / "tiny")
+
+
+def test_model_generate_takes_a_rule(tiny_model_dir):
+    from difflab import pretrained
+
+    model = pretrained.load(tiny_model_dir)
+    kw = {"sampler": "euler", "steps": 3, "seed": 1}
+    plain = model.sample(6, guidance=2.0, **kw)
+    torch.testing.assert_close(model.sample(6, guidance=CFG(2.0), **kw), plain)
+    apg = model.generate(6, guidance=APG(2.0), **kw)
+    assert apg.network_evals == 2 * apg.nfe and not torch.allclose(apg.x, plain)
+    outside = model.sample(6, guidance=2.0, guidance_interval=(1e3, 1e4), **kw)
+    torch.testing.assert_close(outside, model.sample(6, guidance=1.0, **kw))
+
+
+def test_cli_guidance_options(tiny_model_dir, tmp_path, capsys):
+    from difflab.cli import main
+
+    def sample(*extra):
+        out = tmp_path / f"s{len(list(tmp_path.iterdir()))}.npz"
+        base = ["sample", "--model", str(tiny_model_dir), "--steps", "3", "--n", "6"]
+        code = main([*base, "--sampler", "euler", *extra, "--out", str(out)])
+        return code, (np.load(out)["images"] if code == 0 else None)
+
+    bad = {
+        ("--guidance-interval", "2", "1"): "--guidance-interval needs 0 <= LO < HI, got 2 1",
+        ("--guidance-method", "apgg"): "Did you mean 'apg'",
+        ("--guidance-rescale", "1.5"): "--guidance-rescale must be in [0, 1]",
+        (
+            "--guidance-method",
+            "apg",
+            "--guidance-rescale",
+            "0.5",
+        ): "applies to --guidance-method cfg",
+    }
+    for extra, message in bad.items():
+        code, _ = sample(*extra)
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and err.count("\n") == 1, (extra, err)
+    _, unguided = sample("--guidance", "1")
+    _, outside = sample("--guidance", "3", "--guidance-interval", "1000", "2000")
+    assert (outside == unguided).all()
+    _, cfg = sample("--guidance", "3")
+    for extra in (
+        ["--guidance-method", "apg"],
+        ["--guidance-rescale", "0.7"],
+        ["--guidance-method", "cfg_zero_star"],
+    ):
+        code, images = sample("--guidance", "3", *extra)
+        assert code == 0 and images.shape == cfg.shape and not (images == cfg).all(), extra
+    assert "guidance 3 (cfg_zero_star)" in capsys.readouterr().out

@@ -56,7 +56,12 @@ def sample_exact(args: argparse.Namespace) -> None:
     from difflab.utils.files import atomic_write_bytes
     from difflab.utils.images import save_png
 
-    for option, value in (("--labels", args.labels), ("--guidance", args.guidance)):
+    for option, value in (
+        ("--labels", args.labels),
+        ("--guidance", args.guidance),
+        ("--guidance-interval", args.guidance_interval),
+        ("--guidance-rescale", args.guidance_rescale),
+    ):
         if value is not None:
             raise CliError(f"{option} needs a class-conditional saved model; {args.model} is not")
     opts = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in DEFAULTS.items()}

@@ -15,6 +15,7 @@ from difflab.cli.exact import EXACT_MODELS, grid_function, sample_exact
 __all__ = ["add", "parse_labels"]
 
 LABEL_FORMS = "e.g. 0-9, 3, 1,4,7 or all"
+GUIDANCE_METHODS = ("cfg", "apg", "cfg_zero_star")
 
 
 def add(commands: Any) -> None:
@@ -58,6 +59,27 @@ def add(commands: Any) -> None:
         default=None,
         help="classifier-free guidance scale w >= 0 (1 = none; needs a class-conditional model)",
     )
+    s.add_argument(
+        "--guidance-interval",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        default=None,
+        help="guide only at noise levels LO <= sigma <= HI (Kynkäänniemi et al. 2024; HI may be inf)",
+    )
+    s.add_argument(
+        "--guidance-method",
+        default="cfg",
+        help=f"how the two predictions combine: {', '.join(GUIDANCE_METHODS)} (default cfg; "
+        "apg: adaptive projected guidance, eta 0; cfg_zero_star: optimised scale and the first "
+        "step zeroed); see docs/guidance.md",
+    )
+    s.add_argument(
+        "--guidance-rescale",
+        type=float,
+        default=None,
+        help="guidance rescale phi in [0, 1] (Lin et al. 2024; with --guidance-method cfg)",
+    )
     s.add_argument("--seed", type=int, default=0, help="seed; each sample has its own generator")
     s.add_argument("--batch-size", type=int, default=None, help="samples per network batch")
     s.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
@@ -99,10 +121,47 @@ def run(args: argparse.Namespace) -> None:
     positive(args.seed, "--seed", minimum=0)
     if args.guidance is not None and not args.guidance >= 0:
         raise CliError(f"--guidance must be >= 0 (1 = no guidance), got {args.guidance}")
+    _check_guidance_options(args)
     if args.model in EXACT_MODELS:
         sample_exact(args)
         return
     _sample_saved(args)
+
+
+def _check_guidance_options(args: argparse.Namespace) -> None:
+    """One-line errors for --guidance-interval, --guidance-method and --guidance-rescale."""
+    from difflab.core.tensors import unknown_name
+
+    if args.guidance_interval is not None:
+        lo, hi = args.guidance_interval
+        if not 0 <= lo < hi:
+            raise CliError(f"--guidance-interval needs 0 <= LO < HI, got {lo:g} {hi:g}")
+    if args.guidance_method not in GUIDANCE_METHODS:
+        raise CliError(
+            str(unknown_name("--guidance-method", args.guidance_method, GUIDANCE_METHODS))
+        )
+    if args.guidance_rescale is not None:
+        if not 0 <= args.guidance_rescale <= 1:
+            raise CliError(f"--guidance-rescale must be in [0, 1], got {args.guidance_rescale:g}")
+        if args.guidance_method != "cfg":
+            raise CliError(
+                f"--guidance-rescale applies to --guidance-method cfg, not {args.guidance_method}"
+            )
+
+
+def _guidance(args: argparse.Namespace, model: Any) -> Any:
+    """The --guidance scale, or the rule that --guidance-method and --guidance-rescale name."""
+    from difflab.guidance import APG, CFG, CFGZeroStar
+
+    if args.guidance_method == "cfg" and not args.guidance_rescale:
+        return args.guidance
+    scale = args.guidance if args.guidance is not None else float(model.defaults["guidance"])
+    if args.guidance_method == "apg":
+        return APG(scale)
+    if args.guidance_method == "cfg_zero_star":
+        first = model.defaults.get("sigma_max") or model.objective.process.sigma_max
+        return CFGZeroStar(scale, zero_init=first)  # zero the step at the grid's sigma_max
+    return CFG(scale, rescale=args.guidance_rescale)
 
 
 def _device(text: str) -> Any:
@@ -170,15 +229,23 @@ def _sample_saved(args: argparse.Namespace) -> None:
             sampler=args.sampler,
             steps=args.steps,
             schedule=schedule,
-            guidance=args.guidance,
+            guidance=_guidance(args, model),
+            guidance_interval=args.guidance_interval,
             seed=args.seed,
             batch_size=args.batch_size,
             progress=args.progress,
         )
     o = result.options
+    method = "" if o.get("guidance_rule") is None else f" ({args.guidance_method})"
+    interval = (
+        ""
+        if args.guidance_interval is None
+        else " for sigma in [{:g}, {:g}]".format(*args.guidance_interval)
+    )
     guided = (
-        f", guidance {o['guidance']:g} ({result.network_evals} network evaluations per sample)"
-        if o["guidance"] != 1
+        f", guidance {o['guidance']:g}{method}{interval} ({result.network_evals} network "
+        "evaluations per sample)"
+        if o["guidance"] != 1 or o.get("guidance_rule") is not None
         else ""
     )
     classes = "" if values is None else f", labels {_label_text(values)}"

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from difflab import models
 from difflab.data import Dataset, to_uint8
-from difflab.guidance import classifier_free
+from difflab.guidance import Rule, classifier_free
 from difflab.pretrained.generate import Samples, class_labels, sample_batched, step_grid
 from difflab.training.objectives import Objective
 from difflab.utils.weights import (
@@ -257,7 +257,7 @@ class Model:
         sampler: str | None = None,
         steps: int | None = None,
         schedule: str | Tensor | Sequence[float] | None = None,
-        guidance: float | None = None,
+        guidance: float | Rule | None = None,
         guidance_interval: tuple[float, float] | None = None,
         seed: int = 0,
         batch_size: int | None = None,
@@ -275,7 +275,9 @@ class Model:
         if guidance is None:
             guidance = float(d["guidance"]) if self.has_null_class else 1.0
         labels_t = class_labels(labels, n, self.num_classes)
-        self._check_guidance(guidance, labels_t)
+        scale = getattr(guidance, "scale", guidance)  # a rule (difflab.guidance.rules) or a scale
+        self._check_guidance(scale, labels_t)
+        guided = not guidance.identity if hasattr(guidance, "identity") else guidance != 1
         sigmas = step_grid(
             schedule,
             steps if steps is not None or not isinstance(schedule, str) else d["steps"],
@@ -284,7 +286,7 @@ class Model:
             d.get("sigma_max") if sigma_max is None else sigma_max,
         )
         den = self.denoiser
-        if guidance != 1:
+        if guided:
             den = classifier_free(den, guidance, guidance_interval)
         if not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
@@ -307,13 +309,14 @@ class Model:
             labels=labels_t,
             sigmas=sigmas,
             nfe=nfe,
-            network_evals=nfe * (2 if guidance != 1 and labels_t is not None else 1),
+            network_evals=nfe * (2 if guided and labels_t is not None else 1),
             seconds=seconds,
             options={
                 "sampler": sampler,
                 "schedule": schedule if isinstance(schedule, str) else "explicit",
                 "steps": len(sigmas) - 1,
-                "guidance": guidance,
+                "guidance": scale,
+                "guidance_rule": guidance if hasattr(guidance, "identity") else None,
                 "seed": seed,
             },
         )
@@ -328,7 +331,8 @@ class Model:
         ``labels``: None (a conditional model cycles through its classes, i mod C), one class for
         all, or n labels (-1 = the null class). Sample i starts from noise of its own generator,
         seeded by (``seed``, i), so it does not depend on n or ``batch_size``. Options: ``sampler``,
-        ``steps``, ``schedule`` (a grid name or explicit sigmas), ``guidance``,
+        ``steps``, ``schedule`` (a grid name or explicit sigmas), ``guidance`` (a scale or a rule
+        of :mod:`difflab.guidance.rules`: ``CFG(w, rescale=phi)``, ``APG(w)``, ``CFGZeroStar(w)``),
         ``guidance_interval`` (sigma range where guidance applies), ``seed``, ``batch_size``,
         ``sigma_min``, ``sigma_max``, ``progress``, ``sampler_options`` (the sampler's own, e.g.
         ``{"eta": 0.5}``).
