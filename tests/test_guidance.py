@@ -360,6 +360,17 @@ def test_perturbed_attention_guidance_on_difflab_networks(kind):
         one = perturbed_attention(den, 2.5, layers=[first])(x, sigma, labels=labels)
         torch.testing.assert_close(one, d_one + 2.5 * (d - d_one))
     assert not any(layer.identity for layer in attention_layers(den).values())  # restored
+    calls = []
+    guided = perturbed_attention(den, 2.0)
+    with torch.no_grad():
+        out = sampling.get("heun")(
+            lambda x, s, **c: calls.append(1) or guided(x, s, **c),
+            x * 5,
+            torch.tensor([5.0, 1.0, 0.2, 0.0]),
+            cond={"labels": labels},
+        )
+    assert out.shape == x.shape and bool(torch.isfinite(out).all())
+    assert len(calls) == sampling.info("heun").nfe(3)
     with pytest.raises(ValueError, match="unknown attention layer"):
         perturbed_attention(den, 2.0, layers=["nope"])
     with pytest.raises(ValueError, match="network="):
