@@ -29,7 +29,7 @@ from difflab.utils.weights import (
     write_config,
 )
 
-__all__ = ["WEIGHTS_DIR", "NoisyClassifier", "load", "shipped", "train"]
+__all__ = ["WEIGHTS_DIR", "NoisyClassifier", "accuracy", "load", "shipped", "train"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "pretrained" / "mnist_noisy_classifier"
 TRAIN_COMMAND = "python -m difflab.guidance.noisy_classifier"
@@ -145,7 +145,7 @@ def accuracy(model: NoisyClassifier, x0: Tensor, labels: Tensor, sigma: float, s
 
 def train(
     channels: tuple[int, ...] = (16, 32, 64),
-    epochs: int = 6,
+    epochs: int = 8,
     batch_size: int = 128,
     lr: float = 2e-3,
     seed: int = 0,
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="output folder")
     parser.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64])
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads")
     args = parser.parse_args(argv)
