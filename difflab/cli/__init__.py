@@ -17,7 +17,7 @@ from difflab.cli.common import CliError, Parser
 
 __all__ = ["COMMAND_MODULES", "CliError", "main", "parser"]
 
-COMMAND_MODULES = ("sample", "schedule", "train", "listings", "convert", "evaluate", "check")
+COMMAND_MODULES = ("sample", "schedule", "train", "listings", "convert", "evaluate", "check", "text")
 
 
 def parser() -> Parser:

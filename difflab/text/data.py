@@ -29,7 +29,9 @@ class CharTokenizer:
                 "a character tokenizer needs a non-empty string of distinct characters"
             )
         self.chars = chars
-        self._ids = {c: i for i, c in enumerate(chars)}
+        self._points = np.frombuffer(chars.encode("utf-32-le"), dtype=np.uint32)
+        self._ids = np.full(int(self._points.max()) + 1, -1, dtype=np.int64)
+        self._ids[self._points] = np.arange(len(chars))
 
     @classmethod
     def from_text(cls, text: str) -> CharTokenizer:
@@ -42,22 +44,25 @@ class CharTokenizer:
 
     def encode(self, text: str) -> Tensor:
         """The ids of ``text`` [len(text)] (int64); a character outside the vocabulary is an error."""
-        try:
-            return torch.tensor([self._ids[c] for c in text], dtype=torch.long)
-        except KeyError as e:
+        points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+        ids = self._ids[np.minimum(points, len(self._ids) - 1)]
+        bad = (ids < 0) | (points >= len(self._ids))
+        if bad.any():
             raise ValueError(
-                f"character {e.args[0]!r} is not in the tokenizer's vocabulary"
-            ) from None
+                f"character {text[int(bad.argmax())]!r} is not in the tokenizer's vocabulary"
+            )
+        return torch.from_numpy(ids)
 
     def decode(self, ids: Tensor | Sequence[int]) -> str:
         """The text of 1-D ``ids``; an id outside 0..V-1 (e.g. a mask left in) is an error."""
-        ids = torch.as_tensor(ids).reshape(-1).tolist()
-        bad = [i for i in ids if not 0 <= i < len(self.chars)]
-        if bad:
+        ids = torch.as_tensor(ids).reshape(-1).numpy()
+        bad = (ids < 0) | (ids >= len(self.chars))
+        if bad.any():
             raise ValueError(
-                f"ids {sorted(set(bad))[:5]} are outside the vocabulary 0..{len(self.chars) - 1}"
+                f"ids {sorted(set(ids[bad].tolist()))[:5]} are outside the vocabulary "
+                f"0..{len(self.chars) - 1}"
             )
-        return "".join(self.chars[i] for i in ids)
+        return self._points[ids].tobytes().decode("utf-32-le")
 
 
 class TokenData:

@@ -28,9 +28,10 @@ class JointTable:
         self.vocab_size, self.length = probs.shape[0], probs.ndim
         self.probs = probs.reshape(-1)
         grid = itertools.product(range(self.vocab_size), repeat=self.length)
-        self.sequences = torch.tensor(
-            list(grid), dtype=torch.long
-        )  # [V^L, L], row-major like probs
+        # every sequence [V^L, L], row-major like probs, and its one-hot tokens [V^L, L * V]
+        self.sequences = torch.tensor(list(grid), dtype=torch.long)
+        onehot = torch.nn.functional.one_hot(self.sequences, self.vocab_size)
+        self._onehot = onehot.reshape(len(self.sequences), -1).double()
 
     @classmethod
     def random(cls, vocab: int, length: int, sharpness: float = 2.0, seed: int = 0) -> JointTable:
@@ -40,14 +41,11 @@ class JointTable:
         return cls(logits.reshape(-1).softmax(0).reshape((vocab,) * length))
 
     def __call__(self, z: Tensor) -> Tensor:
-        consistent = (
-            (z[:, None, :] == self.sequences[None]) | (z[:, None, :] == self.vocab_size)
-        ).all(-1)
-        weights = consistent * self.probs  # [B, V^L]
-        onehot = torch.nn.functional.one_hot(
-            self.sequences, self.vocab_size
-        ).double()  # [V^L, L, V]
-        return torch.log(torch.einsum("bs,slv->blv", weights, onehot))
+        weights = self.probs.expand(len(z), -1)
+        for pos in range(self.length):  # drop the sequences that disagree with an unmasked token
+            given = z[:, pos, None]
+            weights = weights * ((given == self.sequences[:, pos]) | (given == self.vocab_size))
+        return torch.log(weights @ self._onehot).reshape(len(z), self.length, self.vocab_size)
 
     def index(self, x: Tensor) -> Tensor:
         """The row of each sequence x [B, L] in :attr:`sequences` (base-V digits)."""

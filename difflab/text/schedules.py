@@ -46,7 +46,7 @@ class MaskingSchedule:
         if self.name == "linear":
             return 1 - t
         if self.name == "cosine":
-            return 1 - torch.cos(math.pi / 2 * (1 - t))
+            return 1 - torch.sin(math.pi / 2 * t)  # = 1 - cos(pi/2 (1 - t)), exact at t = 0 and 1
         return 1 - (1 - self.eps) * t
 
     def dalpha(self, t: Tensor) -> Tensor:
@@ -54,7 +54,7 @@ class MaskingSchedule:
         if self.name == "linear":
             return -torch.ones_like(t)
         if self.name == "cosine":
-            return -math.pi / 2 * torch.sin(math.pi / 2 * (1 - t))
+            return -math.pi / 2 * torch.cos(math.pi / 2 * t)
         return torch.full_like(t, -(1 - self.eps))
 
     def t_of(self, alpha: Tensor) -> Tensor:
@@ -62,7 +62,7 @@ class MaskingSchedule:
         if self.name == "linear":
             return 1 - alpha
         if self.name == "cosine":
-            return 1 - 2 / math.pi * torch.acos((1 - alpha).clamp(0, 1))
+            return 2 / math.pi * torch.asin((1 - alpha).clamp(0, 1))
         return (1 - alpha) / (1 - self.eps)
 
     def weight(self, t: Tensor) -> Tensor:

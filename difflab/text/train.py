@@ -143,7 +143,7 @@ class TextTrainer:
         lr = optim["lr"] * self.lr(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        if not (math.isfinite(float(loss)) and math.isfinite(grad_norm)):
+        if not (math.isfinite(loss.item()) and math.isfinite(grad_norm)):
             raise ValueError(f"non-finite loss or gradient at step {self.step + 1}: lower optim.lr")
         self.optimizer.step()
         self.ema.update(self.net)
