@@ -49,6 +49,7 @@ class Latent:
     method: str
     x: Tensor  # the state at sigmas[0] [B, ...]
     sigmas: Tensor  # the sampling grid (float64, decreasing, sigmas[-1] > 0 the input's level)
+    cond: Cond = field(default_factory=dict)  # the condition it was inverted under
     guidance: float = 1.0  # the classifier-free guidance scale it was inverted with
     null: Cond | None = None  # the unconditional condition (None: labels -1)
     partner: Tensor | None = None  # EDICT: the second sequence y; BDIA: the state at sigmas[1]
@@ -148,7 +149,7 @@ def register(method: Method) -> Method:
 
 
 def latent(x: Tensor, **fields: Any) -> Latent:
-    """A method's result; :func:`invert` fills in the method, grid, guidance and null condition."""
+    """A method's result; :func:`invert` fills in the method, grid, conditions and guidance."""
     return Latent("", x, torch.empty(0), **fields)
 
 
@@ -200,7 +201,9 @@ def invert(
     guide = Guide(denoiser, _check_cond(cond, "cond"), guidance, _check_cond(null, "null") or None)
     result = m.invert(guide, x, s, **options)
     grid = torch.tensor(s, dtype=torch.float64)
-    return replace(result, method=method, sigmas=grid, guidance=guidance, null=guide.null)
+    return replace(
+        result, method=method, sigmas=grid, cond=guide.cond, guidance=guidance, null=guide.null
+    )
 
 
 @torch.no_grad()
@@ -211,12 +214,12 @@ def sample(
     cond: Cond | None = None,
     guidance: float | None = None,
 ) -> Tensor:
-    """Sample ``latent`` down its grid with its method's sampler under ``cond`` (the inversion's
-    condition reconstructs the input; another one edits it) at the inversion's guidance scale
-    unless ``guidance`` is given."""
+    """Sample ``latent`` down its grid with its method's sampler under ``cond`` (default: the
+    inversion's condition, which reconstructs the input; another one edits it) at the inversion's
+    guidance scale unless ``guidance`` is given."""
     guide = Guide(
         denoiser,
-        _check_cond(cond, "cond"),
+        latent.cond if cond is None else _check_cond(cond, "cond"),
         latent.guidance if guidance is None else guidance,
         latent.null,
     )

@@ -4,13 +4,13 @@ between inverted samples."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from difflab.inversion.base import Cond, Guide, Latent, inversion_grid, invert, sample
+from difflab.inversion.base import Cond, Guide, Latent, invert, sample
 from difflab.sampling import get as sampler
 from difflab.sampling import noise_source
 
@@ -71,7 +71,7 @@ def edit(
     z = invert(
         denoiser, x, sigmas, method=method, cond=source, guidance=guidance, null=null, **options
     )
-    return Edit(z, sample(denoiser, z, cond=source), sample(denoiser, z, cond=target))
+    return Edit(z, sample(denoiser, z), sample(denoiser, z, cond=target))
 
 
 def slerp(a: Tensor, b: Tensor, t: float) -> Tensor:
@@ -107,11 +107,9 @@ def _mix(a: Latent, b: Latent, t: float) -> Latent:
         raise ValueError("interpolation needs two latents of the same method, grid and options")
     if a.x.shape != b.x.shape:
         raise ValueError(f"latent shapes differ: {tuple(a.x.shape)} and {tuple(b.x.shape)}")
-    noise = {"x", "partner"}
     changes = {
-        f.name: _blend(getattr(a, f.name), getattr(b, f.name), t, f.name in noise)
-        for f in fields(Latent)
-        if f.name in noise or f.name in ("nulls", "offsets", "null")
+        name: _blend(getattr(a, name), getattr(b, name), t, name in ("x", "partner"))
+        for name in ("x", "partner", "nulls", "offsets")
     }
     return replace(a, **changes)
 
@@ -127,6 +125,6 @@ def interpolate(
 ) -> Tensor:
     """Samples [len(ts), B, ...] between two inverted batches: for each t the latents' noise
     slerped (per-step nulls / offsets interpolated linearly), sampled down their grid under
-    ``cond``. t = 0 and 1 reproduce the two inputs (exactly, for the exact methods)."""
-    inversion_grid(a.sigmas)
+    ``cond`` (default: a's). t = 0 and 1 reproduce the two inputs (exactly, for the exact methods)
+    when both were inverted under that condition."""
     return torch.stack([sample(denoiser, _mix(a, b, float(t)), cond=cond) for t in ts])
