@@ -2,14 +2,13 @@
 with x0 in [-1, 1] (the data scale of the shipped MNIST model).
 
 Shipped in ``difflab/pretrained/mnist_noisy_classifier`` (model.safetensors + config.json);
-``python -m difflab.guidance.noisy_classifier`` retrains it on the MNIST training split and records
+``python -m difflab.guidance.train_noisy_classifier`` retrains it on the MNIST training split and records
 its test-split accuracy at several noise levels in the config. It imports the network embeddings of
 difflab.models (layer 3): the network lives here, beside the guidance it serves.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import itertools
 import math
@@ -29,10 +28,10 @@ from difflab.utils.weights import (
     write_config,
 )
 
-__all__ = ["WEIGHTS_DIR", "NoisyClassifier", "accuracy", "load", "shipped", "train"]
+__all__ = ["WEIGHTS_DIR", "NoisyClassifier", "accuracy", "load", "save", "shipped", "train"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "pretrained" / "mnist_noisy_classifier"
-TRAIN_COMMAND = "python -m difflab.guidance.noisy_classifier"
+TRAIN_COMMAND = "python -m difflab.guidance.train_noisy_classifier"
 SIGMA_RANGE = (0.002, 80.0)  # the shipped MNIST model's process
 REPORT_SIGMAS = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0)
 
@@ -202,24 +201,3 @@ def train(
         },
     }
     return model, info
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Train with :func:`train` and save to ``--out`` (default: the shipped folder)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="output folder")
-    parser.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64])
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    model, info = train(tuple(args.channels), epochs=args.epochs, seed=args.seed)
-    save(model, args.out, info)
-    print(
-        f"test accuracy by sigma {info['test_accuracy']} in {info['train_seconds']} s -> {args.out}"
-    )
-
-
-if __name__ == "__main__":
-    main()
