@@ -12,7 +12,7 @@ from typing import Any
 from difflab.cli.common import CliError, check_output, lookup, positive, user_errors
 from difflab.cli.exact import EXACT_MODELS, grid_function, sample_exact
 
-__all__ = ["add", "parse_labels"]
+__all__ = ["add", "load_model", "parse_labels"]
 
 LABEL_FORMS = "e.g. 0-9, 3, 1,4,7 or all"
 GUIDANCE_METHODS = ("cfg", "apg", "cfg_zero_star")
@@ -45,7 +45,8 @@ def add(commands: Any) -> None:
     s.add_argument(
         "--schedule",
         default=None,
-        help="step grid name (see `difflab schedules`), or a grid JSON from `difflab schedule optimize`",
+        help="step grid name (see `difflab schedules`), a grid the model keeps, "
+        "optimized:SAMPLER:NFE, or a grid JSON (both from `difflab schedule optimize`)",
     )
     s.add_argument("--n", type=int, default=None, help="number of samples")
     s.add_argument(
@@ -176,7 +177,8 @@ def _device(text: str) -> Any:
     return device
 
 
-def _load(name: str, device: str) -> Any:
+def load_model(name: str, device: str) -> Any:
+    """The saved model called ``name`` (or in that folder) on ``device``; a CliError otherwise."""
     from difflab import pretrained
     from difflab.core.tensors import unknown_name
 
@@ -199,7 +201,7 @@ def _sample_saved(args: argparse.Namespace) -> None:
     if args.sampler is not None:
         lookup(sampling.info, args.sampler)
     schedule, grid_steps = args.schedule, None
-    if schedule is not None:
+    if schedule is not None and not schedule.startswith("optimized:"):  # the model's own grids
         grid, grid_steps = grid_function(schedule)
         if grid_steps is not None:
             schedule = grid(grid_steps)
@@ -210,7 +212,7 @@ def _sample_saved(args: argparse.Namespace) -> None:
     out = check_output(args.out, (".png", ".npz"))
 
     begin = time.perf_counter()
-    model = _load(args.model, args.device)
+    model = load_model(args.model, args.device)
     loaded = time.perf_counter() - begin
     shape = model.shape
     images = len(shape) == 3

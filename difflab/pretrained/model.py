@@ -15,6 +15,7 @@ from difflab import models
 from difflab.data import Dataset, to_uint8
 from difflab.guidance import Rule, classifier_free
 from difflab.pretrained.generate import Samples, class_labels, sample_batched, step_grid
+from difflab.pretrained.schedules import PREFIX, load_grid, parse_grid_name
 from difflab.training.objectives import Objective
 from difflab.utils.weights import (
     check_fits,
@@ -270,8 +271,14 @@ class Model:
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
         d = self.defaults
-        sampler = sampler or d["sampler"]
         schedule = d["schedule"] if schedule is None else schedule
+        grid = schedule
+        if isinstance(schedule, str) and schedule.startswith(PREFIX):  # a grid the model keeps
+            grid = load_grid(self.folder, schedule, self.name)
+            sampler = sampler or parse_grid_name(schedule)[0]
+        sampler = sampler or d["sampler"]
+        if sampler_options is None and sampler == d["sampler"]:
+            sampler_options = d.get("sampler_options")  # e.g. a distilled model's final step
         if guidance is None:
             guidance = float(d["guidance"]) if self.has_null_class else 1.0
         labels_t = class_labels(labels, n, self.num_classes)
@@ -279,8 +286,8 @@ class Model:
         self._check_guidance(scale, labels_t)
         guided = not guidance.identity if hasattr(guidance, "identity") else guidance != 1
         sigmas = step_grid(
-            schedule,
-            steps if steps is not None or not isinstance(schedule, str) else d["steps"],
+            grid,
+            steps if steps is not None or not isinstance(grid, str) else d["steps"],
             self.objective.process,
             d.get("sigma_min") if sigma_min is None else sigma_min,
             d.get("sigma_max") if sigma_max is None else sigma_max,
@@ -331,11 +338,13 @@ class Model:
         ``labels``: None (a conditional model cycles through its classes, i mod C), one class for
         all, or n labels (-1 = the null class). Sample i starts from noise of its own generator,
         seeded by (``seed``, i), so it does not depend on n or ``batch_size``. Options: ``sampler``,
-        ``steps``, ``schedule`` (a grid name or explicit sigmas), ``guidance`` (a scale or a rule
+        ``steps``, ``schedule`` (a grid name, explicit sigmas, or ``"optimized:<sampler>:<nfe>"``:
+        a grid kept in the model folder, its sampler the default), ``guidance`` (a scale or a rule
         of :mod:`difflab.guidance.rules`: ``CFG(w, rescale=phi)``, ``APG(w)``, ``CFGZeroStar(w)``),
         ``guidance_interval`` (sigma range where guidance applies), ``seed``, ``batch_size``,
         ``sigma_min``, ``sigma_max``, ``progress``, ``sampler_options`` (the sampler's own, e.g.
-        ``{"eta": 0.5}``).
+        ``{"eta": 0.5}``; by default the config's ``sample.sampler_options`` when the model's own
+        sampler runs).
         """
         return self.generate(n, labels, **options).x
 

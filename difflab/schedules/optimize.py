@@ -39,12 +39,17 @@ from torch import Tensor
 from difflab.core import grids as _grids
 from difflab.core.tensors import check_name
 
-__all__ = ["FIXED_GRIDS", "METHODS", "OptimizedGrid", "optimize", "optimize_family"]
+__all__ = ["FIXED_GRIDS", "METHODS", "OptimizedGrid", "Reference", "optimize", "optimize_family"]
+
+# a sampler name (run on a Karras grid), a callable x -> endpoint, or the endpoints of (calibration,
+# held-out) already computed
+Reference = str | Callable[[Tensor], Tensor] | tuple[Tensor, Tensor]
 
 FIXED_GRIDS = ("karras", "exponential", "kl_optimal")  # the initializations and the baseline
 METHODS = ("direct", "ays")
 FAMILIES = ("karras", "exponential")
 _F64 = torch.float64
+_FAMILY_EVALS = 30  # golden section: the bracket shrinks to 0.618^28 ~ 1e-6 of its width
 _GAP_FLOOR = 1e-3  # each log-sigma gap keeps at least this fraction / (steps - 1) of the range
 
 
@@ -137,10 +142,11 @@ class _Problem:
         sigma_min: float,
         sigma_max: float,
         seed: int,
-        reference: str | Callable[[Tensor], Tensor],
+        reference: Reference,
         reference_nfe: int,
         held_out: Tensor | None,
         sampler_options: dict[str, Any],
+        cond: dict[str, Any] | None = None,
     ) -> None:
         from difflab.sampling import get, info
 
@@ -162,24 +168,40 @@ class _Problem:
             eps = torch.randn(calibration.shape, generator=g, dtype=_F64)
             held_out = (self.sigma_max * eps).to(calibration.dtype).to(calibration.device)
         self.x_held = held_out
-        if callable(reference):
-            self.reference = reference
+        self.cond = dict(cond or {})
+        per_sample = [k for k, v in self.cond.items() if isinstance(v, Tensor) and v.ndim > 0]
+        if per_sample and len(held_out) != len(calibration):
+            raise ValueError(
+                f"cond {per_sample[0]!r} holds one value per sample, so held_out needs as many "
+                f"samples as calibration ({len(calibration)}), got {len(held_out)}"
+            )
+        if isinstance(reference, tuple):
+            self.ref_cal, self.ref_held = reference
+            for what, ref, x in (("calibration", self.ref_cal, self.x_cal), ("held-out",
+                                 self.ref_held, self.x_held)):  # fmt: skip
+                if not isinstance(ref, Tensor) or ref.shape != x.shape:
+                    raise ValueError(
+                        f"the {what} reference endpoints must be a tensor of shape "
+                        f"{tuple(x.shape)} like the {what} noises"
+                    )
         else:
-            ref_fn = get(reference)
-            ref_grid = _grids.karras(reference_nfe, self.sigma_min, self.sigma_max)
+            if not callable(reference):
+                ref_fn = get(reference)
+                ref_grid = _grids.karras(reference_nfe, self.sigma_min, self.sigma_max)
 
-            def ref(x: Tensor) -> Tensor:
-                return ref_fn(denoiser, x, ref_grid.to(x.device))
+                def reference(x: Tensor) -> Tensor:
+                    return ref_fn(denoiser, x, ref_grid.to(x.device), cond=self.cond)
 
-            self.reference = ref
-        self.ref_cal = self.reference(self.x_cal)
-        self.ref_held = self.reference(self.x_held)
+            self.ref_cal, self.ref_held = reference(self.x_cal), reference(self.x_held)
 
     def run(self, sigmas: Tensor, x: Tensor) -> Tensor:
         extra: dict[str, Any] = {}
         if self.stochastic:  # common random numbers: the same noise for every candidate grid
             extra["generator"] = torch.Generator(device=x.device).manual_seed(self.seed)
-        return self.fn(self.denoiser, x, sigmas.to(x.device), **extra, **self.options)
+        with torch.no_grad():
+            return self.fn(
+                self.denoiser, x, sigmas.to(x.device), cond=self.cond, **extra, **self.options
+            )
 
     def error(self, sigmas: Tensor, held: bool = False) -> float:
         """RMSE over samples and coordinates of the endpoint against the reference endpoint."""
@@ -240,52 +262,93 @@ def _check_method(method: str) -> None:
 # method="direct"
 
 
-def _scipy_optimize():
-    """scipy.optimize, an optional dependency of grid optimization."""
-    try:
-        import scipy.optimize
-    except ImportError:
-        raise ImportError(
-            "grid optimization needs scipy: pip install 'difflab[schedules]'"
-        ) from None
-    return scipy.optimize
+def nelder_mead(
+    f: Callable[[np.ndarray], float], x0: np.ndarray, step: float, max_evals: int, xatol: float
+) -> tuple[np.ndarray, float, int]:
+    """(argmin, min, evaluations) of f by the Nelder-Mead simplex search (Nelder & Mead 1965) from
+    the simplex x0, x0 + step e_i, with Gao & Han's (2012) dimension-adaptive coefficients above 3
+    dimensions; stops after ``max_evals`` evaluations or when the simplex is within ``xatol``."""
+    n = len(x0)
+    if n > 3:
+        expand, contract, shrink = 1 + 2 / n, 0.75 - 1 / (2 * n), 1 - 1 / n
+    else:
+        expand, contract, shrink = 2.0, 0.5, 0.5
+    pts = np.vstack([x0, x0 + step * np.eye(n)])
+    vals = np.array([f(p) for p in pts])
+    evals = n + 1
+    while evals < max_evals:
+        order = np.argsort(vals, kind="stable")
+        pts, vals = pts[order], vals[order]
+        if np.abs(pts[1:] - pts[0]).max() <= xatol:
+            break
+        centroid = pts[:-1].mean(0)
+        reflected = 2 * centroid - pts[-1]
+        f_r = f(reflected)
+        evals += 1
+        if f_r < vals[0]:
+            expanded = centroid + expand * (reflected - centroid)
+            f_e = f(expanded)
+            evals += 1
+            pts[-1], vals[-1] = (expanded, f_e) if f_e < f_r else (reflected, f_r)
+        elif f_r < vals[-2]:
+            pts[-1], vals[-1] = reflected, f_r
+        else:  # contract towards the better of the reflected and the worst point
+            towards = reflected if f_r < vals[-1] else pts[-1]
+            contracted = centroid + contract * (towards - centroid)
+            f_c = f(contracted)
+            evals += 1
+            if f_c < min(f_r, vals[-1]):
+                pts[-1], vals[-1] = contracted, f_c
+            else:
+                pts[1:] = pts[0] + shrink * (pts[1:] - pts[0])
+                vals[1:] = [f(p) for p in pts[1:]]
+                evals += n
+    best = int(np.argmin(vals))
+    return pts[best], float(vals[best]), evals
+
+
+def golden_section(
+    f: Callable[[float], float], lo: float, hi: float, evals: int
+) -> tuple[float, float]:
+    """(argmin, min) of a unimodal f on [lo, hi] by golden-section search (Kiefer 1953) in ``evals``
+    evaluations."""
+    ratio = (math.sqrt(5) - 1) / 2
+    c, d = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fc, fd = f(c), f(d)
+    for _ in range(evals - 2):
+        if fc < fd:
+            hi, d, fd = d, c, fc
+            c = hi - ratio * (hi - lo)
+            fc = f(c)
+        else:
+            lo, c, fc = c, d, fd
+            d = lo + ratio * (hi - lo)
+            fd = f(d)
+    return (c, fc) if fc < fd else (d, fd)
 
 
 def _direct(
     problem: _Problem, init: Tensor, max_evals: int, progress: bool
 ) -> tuple[Tensor, dict[str, float]]:
     """Nelder-Mead on the logits from the best fixed grid (fixed initial simplex: deterministic)."""
-    minimize = _scipy_optimize().minimize
     x0 = problem.logits(init)
     if len(x0) == 0:  # steps == 2: no interior level to move
         return init, {}
-    cache: dict[bytes, float] = {}
     bar = _progress(max_evals, f"direct {problem.name} {problem.steps} steps", progress)
+    best = [math.inf]
 
     def objective(z: np.ndarray) -> float:
-        key = np.asarray(z, dtype=np.float64).tobytes()
-        if key not in cache:
-            cache[key] = problem.error(problem.grid(z))
-            bar.update(1)
-            bar.set_postfix(best=f"{min(cache.values()):.3e}", refresh=False)
-        return cache[key]
+        value = problem.error(problem.grid(z))
+        best[0] = min(best[0], value)
+        bar.update(1)
+        bar.set_postfix(best=f"{best[0]:.3e}", refresh=False)
+        return value
 
-    simplex = np.vstack([x0, x0 + 0.5 * np.eye(len(x0))])
-    result = minimize(
-        objective,
-        x0,
-        method="Nelder-Mead",
-        options={
-            "initial_simplex": simplex,
-            "maxfev": max_evals,
-            "xatol": 1e-4,
-            "fatol": 0.0,
-            "adaptive": len(x0) > 3,
-        },
-    )
+    z, value, evals = nelder_mead(objective, x0, 0.5, max_evals, 1e-4)
     bar.close()
-    best = result.x if result.fun <= objective(x0) else x0
-    return problem.grid(best), {"evaluations": float(len(cache))}
+    if problem.error(init) < value:  # grid(logits(init)) may differ from init by rounding
+        return init, {"evaluations": float(evals)}
+    return problem.grid(z), {"evaluations": float(evals)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -308,10 +371,15 @@ class _Klub:
         self.x0 = x0
         self.eps = torch.randn(x0.shape, generator=g, dtype=_F64).to(x0.dtype).to(x0.device)
         self.denoiser = problem.denoiser
+        self.cond = {
+            k: v[:samples] if isinstance(v, Tensor) and v.ndim > 0 else v
+            for k, v in problem.cond.items()
+        }
 
     def _d(self, s: float) -> Tensor:
         sigma = torch.full((len(self.x0),), s, dtype=self.x0.dtype, device=self.x0.device)
-        return self.denoiser(self.x0 + s * self.eps, sigma)
+        with torch.no_grad():
+            return self.denoiser(self.x0 + s * self.eps, sigma, **self.cond)
 
     def interval(self, s_hi: float, s_lo: float) -> float:
         """int_{s_lo}^{s_hi} E||D(x_s, s) - D(x_{s_hi}, s_hi)||^2 / s^2 d(log s)."""
@@ -393,11 +461,12 @@ def optimize(
     sigma_max: float,
     method: str = "direct",
     seed: int = 0,
-    reference: str | Callable[[Tensor], Tensor] = "dpmpp_3m",
+    reference: Reference = "dpmpp_3m",
     reference_nfe: int = 256,
     held_out: Tensor | None = None,
     progress: bool = True,
     sampler_options: dict[str, Any] | None = None,
+    cond: dict[str, Any] | None = None,
     **options: Any,
 ) -> OptimizedGrid:
     """The grid minimizing the endpoint error of ``sampler`` at ``nfe`` evaluations for ``denoiser``.
@@ -407,9 +476,11 @@ def optimize(
     al. 2024 "Align Your Steps" (see :class:`_Klub` and :func:`_ays` for what is simplified).
 
     ``calibration``: starting noises x = sigma_max * eps, [B, ...]. ``reference``: a sampler name run
-    on a ``reference_nfe``-step Karras grid, or a callable x -> exact endpoint (e.g. a mixture's
-    ``ode``). ``held_out``: other starting noises for the reported held-out error (default: drawn
-    from ``seed + 1``). ``sampler_options`` go to the sampler. ``options``: direct ``max_evals``
+    on a ``reference_nfe``-step Karras grid, a callable x -> exact endpoint (e.g. a mixture's
+    ``ode``), or the (calibration, held-out) endpoints already computed. ``held_out``: other
+    starting noises for the reported held-out error (default: drawn from ``seed + 1``).
+    ``sampler_options`` go to the sampler, ``cond`` to the denoiser (per-sample tensors such as
+    ``labels`` apply alike to the calibration and held-out rows). ``options``: direct ``max_evals``
     (default 60 per free level, at least 200); ays ``sweeps`` (3), ``candidates`` (12), ``samples``
     (calibration size). A stochastic sampler is evaluated with common random numbers (one generator
     seeded with ``seed``). The search starts from the best of the fixed grids
@@ -422,7 +493,7 @@ def optimize(
         check_name(f"option for method {method!r}", key, allowed)
     problem = _Problem(
         denoiser, sampler, nfe, calibration, sigma_min, sigma_max, seed, reference,
-        reference_nfe, held_out, dict(sampler_options or {}),
+        reference_nfe, held_out, dict(sampler_options or {}), cond,
     )  # fmt: skip
     fixed = problem.fixed()
     best_fixed = min(fixed, key=lambda k: fixed[k][0])
@@ -466,36 +537,37 @@ def optimize_family(
     family: str = "karras",
     bounds: tuple[float, float] | None = None,
     seed: int = 0,
-    reference: str | Callable[[Tensor], Tensor] = "dpmpp_3m",
+    reference: Reference = "dpmpp_3m",
     reference_nfe: int = 256,
     held_out: Tensor | None = None,
     progress: bool = True,
     sampler_options: dict[str, Any] | None = None,
+    cond: dict[str, Any] | None = None,
 ) -> OptimizedGrid:
-    """min_p RMSE(sampler(x, family(p)), ref(x)) by bounded golden-section/Brent search in p: Karras
+    """min_p RMSE(sampler(x, family(p)), ref(x)) by golden-section search in p (kept only if better
+    than the fixed grid, rho 7 or no shift): Karras
     rho in [1, 20] (Karras et al. 2022, eq. 5), or log of the exponential grid's time shift in
     [-3, 3] (Esser et al. 2024, eq. 23). Same calibration/held-out conventions as :func:`optimize`;
     ``params`` holds the found ``rho`` or ``shift``."""
-    minimize_scalar = _scipy_optimize().minimize_scalar
     check_name("grid family", family, FAMILIES)
     problem = _Problem(
         denoiser, sampler, nfe, calibration, sigma_min, sigma_max, seed, reference,
-        reference_nfe, held_out, dict(sampler_options or {}),
+        reference_nfe, held_out, dict(sampler_options or {}), cond,
     )  # fmt: skip
     fixed = problem.fixed()
     best_fixed = min(fixed, key=lambda k: fixed[k][0])
     lo_b, hi_b = bounds or ((1.0, 20.0) if family == "karras" else (-3.0, 3.0))
-    bar = _progress(40, f"{family} {sampler} {problem.steps} steps", progress)
+    bar = _progress(_FAMILY_EVALS, f"{family} {sampler} {problem.steps} steps", progress)
 
     def objective(p: float) -> float:
         bar.update(1)
         return problem.error(_family_grid(family, problem.steps, sigma_min, sigma_max, p))
 
-    result = minimize_scalar(
-        objective, bounds=(lo_b, hi_b), method="bounded", options={"xatol": 1e-3, "maxiter": 40}
-    )
+    p, value = golden_section(objective, lo_b, hi_b, _FAMILY_EVALS)
     bar.close()
-    p = float(result.x)
+    default = 7.0 if family == "karras" else 0.0  # the fixed grid: never return worse than it
+    if lo_b <= default <= hi_b and objective(default) < value:
+        p = default
     sigmas = _family_grid(family, problem.steps, sigma_min, sigma_max, p)
     cal, held = problem.errors(sigmas)
     params = {"rho": p} if family == "karras" else {"shift": math.exp(p)}
