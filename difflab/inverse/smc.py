@@ -10,10 +10,12 @@ Particles move by the guided proposal and carry the weights
     q(x' | x)   = N(x'; mu + (sigma^2 - sigma'^2) grad_x log p~_sigma(y | x), v)    (mu, v: DDPM's)
     w(x, x')    = p(x' | x) p~_sigma'(y | x') / (q(x' | x) p~_sigma(y | x))          (w_0 = p~_sigma_0(y | x_0))
 
-The last step draws x0 from N(D(x_1), r_1^2 I) conditioned on y exactly (its normalizer is
-p~_sigma_1(y | x_1), so its weight is 1): with noise_std = 0 the samples meet y exactly. The twist only
-steers; whatever its error, the weighted particles converge to the target as particles grow
-(Wu et al. 2023, Thm. 1), and the product of mean weights estimates p(y) without bias.
+The last step draws x0 from N(D(x_1), r_1^2 I) conditioned on y exactly: its normalizer is
+p~_sigma_1(y | x_1), so its weight is 1, and with noise_std = 0 the samples meet y exactly. A callable
+A has no such closed form; its chain ends with x0 = D(x_1), weighted by p(y | x0) / p~_sigma_1(y | x_1)
+(Wu et al.'s last step). The twist only steers: whatever its error, the weighted particles converge to
+the target as particles grow (Wu et al. 2023, Thm. 1), and the product of mean weights is an unbiased
+estimate of the chain's p(y). The chain itself is first order in the step size (docs/inverse.md).
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ __all__ = ["SMCResult", "effective_sample_size", "smc", "systematic_resample"]
 
 @dataclass(frozen=True)
 class SMCResult:
-    """Posterior samples x [G K, ...] (group g = rows g K .. g K + K - 1, equally weighted: the
-    particles are resampled before the last step, whose weights are 1), the effective sample size
+    """Posterior samples x [G K, ...] (group g = rows g K .. g K + K - 1, equally weighted: every
+    group resamples at the last level, and a linear A's last step has weight 1), the effective sample size
     after each level's reweighting, before resampling ([steps, G], in particles), whether each group
     resampled there ([steps, G]), and the estimate of log p(y) per group [G]."""
 
@@ -102,9 +104,10 @@ def smc(
     """Twisted SMC (module docstring) with ``particles`` = K particles per measurement: x [G K, ...]
     (the start noise), y [G, ...], one row per group; per-sample ``cond`` must be the same within a
     group. A group resamples (systematically) when its ESS falls below ``ess_threshold`` K, and always
-    before the last step. The twist is N(y; A D, noise_std^2 I + r^2 A A^T) for a LinearOperator
-    (r^2 = sigma^2 c^2 / (sigma^2 + c^2), c = ``data_std``) and N(y; A(D), noise_std^2 I) for a
-    callable A, whose last step is x0 = D(x_1). NFE = steps, each with one backward pass.
+    at the last level. The twist is N(y; A D, noise_std^2 I + r^2 A A^T) for a LinearOperator
+    (r^2 = sigma^2 c^2 / (sigma^2 + c^2), c = ``data_std``) and N(y; A(D), (noise_std^2 + r^2) I)
+    for a callable A, whose last step is x0 = D(x_1), weighted by p(y | x0) / p~(y | x_1) before
+    the final resampling. NFE = steps, each with one backward pass.
     """
     if not (isinstance(particles, int) and particles >= 1):
         raise ValueError(f"particles must be a positive integer, got {particles!r}")
@@ -121,7 +124,7 @@ def smc(
     linear = isinstance(operator, LinearOperator)
 
     def r2(i: int) -> float:
-        return float(posterior_variance(grid[i], data_std)) if linear else 0.0
+        return float(posterior_variance(grid[i], data_std))
 
     def twist(x: Tensor, i: int) -> tuple[Tensor, Tensor, Tensor]:
         """(D(x), log p~_sigma_i(y | x), its gradient in x)."""
@@ -139,8 +142,12 @@ def smc(
         s, nxt = grid[i], grid[i + 1]
         if callback is not None:
             callback(i, s, x, d)
+        last = nxt == 0
+        if last and not linear:  # x0 = D(x_1), reweighted from the twist to p(y | x0)
+            x = d
+            log_w = log_w + (log_likelihood(operator, y_all, d, noise_std) - ell).view(groups, k)
         ess = effective_sample_size(log_w)
-        resample = (ess < ess_threshold * k) | (nxt == 0)
+        resample = (ess < ess_threshold * k) | last
         ess_trace.append(ess)
         resampled_trace.append(resample)
         if bool(resample.any()):
@@ -150,8 +157,9 @@ def smc(
             rows = (idx + offsets).flatten()
             x, d, ell, g = x[rows], d[rows], ell[rows], g[rows]
             log_w = torch.where(resample[:, None], 0.0, log_w)
-        if nxt == 0:
-            x = condition(operator, y_all, d, noise_std, r2(i), noise())
+        if last:
+            if linear:
+                x = condition(operator, y_all, d, noise_std, r2(i), noise())
             break
         down, up = ancestral_split(s, nxt, 1.0)
         shift = (s * s - nxt * nxt) * g
