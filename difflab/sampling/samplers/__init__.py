@@ -2,6 +2,7 @@
 
 from difflab.sampling.samplers import (  # noqa: F401
     adaptive,
+    consistency,
     exponential,
     multistep,
     ode,
