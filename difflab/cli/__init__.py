@@ -17,7 +17,17 @@ from difflab.cli.common import CliError, Parser
 
 __all__ = ["COMMAND_MODULES", "CliError", "main", "parser"]
 
-COMMAND_MODULES = ("sample", "schedule", "train", "listings", "convert", "evaluate", "check", "text")
+COMMAND_MODULES = (
+    "sample",
+    "schedule",
+    "train",
+    "listings",
+    "convert",
+    "evaluate",
+    "check",
+    "text",
+    "restore",
+)
 
 
 def parser() -> Parser:
