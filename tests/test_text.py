@@ -26,6 +26,7 @@ from difflab.text import (
     shakespeare,
 )
 from difflab.text.categorical import GUMBEL_MAX, gumbel_from_uniform
+from difflab.text.metrics import bits_per_token, generative_perplexity, unigram_entropy
 from difflab.text.train import train
 
 SCHEDULES = ("linear", "cosine", "log_linear")
@@ -38,7 +39,7 @@ def tiny_net(vocab=3, context=4, causal=False, seed=0):
         p
     ) in net.parameters():  # larger weights than the init, so the conditionals are far from uniform
         p.data.normal_(0, 0.5)
-    return net.eval()
+    return net.eval().requires_grad_(False)
 
 
 # ------------------------------------------------------------------ tokens and data
@@ -461,3 +462,36 @@ def test_cli_train_errors_are_one_line(tmp_path, capsys):
     bad.write_text("[model]\nkind = 'masekd'\n")
     assert main(["text", "train", "--config", str(bad), "--run-dir", str(tmp_path / "r")]) == 2
     assert "Did you mean 'masked'" in capsys.readouterr().err
+
+
+def test_metrics_bits_and_generative_perplexity(tmp_path):
+    tok = CharTokenizer("abc")
+    ar = load(
+        str(
+            save_text_model(
+                tmp_path / "ar",
+                Transformer(vocab_size=3, context=8, dim=16, depth=1, heads=2, causal=True),
+                kind="autoregressive",
+                tokenizer=tok,
+            )
+        )
+    )
+    masked = load(
+        str(
+            save_text_model(
+                tmp_path / "m",
+                Transformer(vocab_size=3, context=8, dim=16, depth=1, heads=2),
+                kind="masked",
+                tokenizer=tok,
+            )
+        )
+    )
+    x = torch.randint(0, 3, (10, 8), generator=torch.Generator().manual_seed(0))
+    bits, _ = bits_per_token(ar, x)
+    assert bits == pytest.approx(float(ar.nll(x).sum()) / (x.numel() * math.log(2)), rel=1e-9)
+    assert generative_perplexity(ar, x) == pytest.approx(2**bits, rel=1e-9)
+    assert unigram_entropy(torch.tensor([0, 1, 2, 2]), 3) == pytest.approx(1.5)
+    with pytest.raises(ValueError, match="judge must be an autoregressive"):
+        generative_perplexity(masked, x)
+    with pytest.raises(ValueError, match="autoregressive model; sampling needs"):
+        ar.generate(2)

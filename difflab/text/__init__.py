@@ -13,7 +13,7 @@
 - :mod:`~difflab.text.transformer`: one transformer, bidirectional or causal.
 - :mod:`~difflab.text.data`: character tokenizer, tiny Shakespeare, integer-token files.
 - :mod:`~difflab.text.exact`: a joint table over short sequences with exact conditionals.
-- :mod:`~difflab.text.model`, :mod:`~difflab.text.train`, :mod:`~difflab.text.metrics`.
+- :mod:`~difflab.text.model` (saved models), :mod:`~difflab.text.train`, :mod:`~difflab.text.metrics`.
 """
 
 from difflab.text import samplers, schedules

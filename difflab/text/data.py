@@ -3,6 +3,7 @@ any tokenized integer sequences (a stream cut into windows, or fixed-length rows
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -133,10 +134,17 @@ def shakespeare(
     path = shared_folder(SHAKESPEARE, root) / "input.txt"
     if not path.is_file():
         raise FileNotFoundError(f"tiny Shakespeare not found at {path}")
+    tokens, tokenizer = _encoded(path)
+    tokens = _split(tokens, split, VAL_FRACTION)
+    return TokenData(tokens, tokenizer.vocab_size, f"shakespeare/{split}"), tokenizer
+
+
+@functools.lru_cache(maxsize=2)
+def _encoded(path: Path) -> tuple[Tensor, CharTokenizer]:
+    """A text file's character tokens and tokenizer, read once per process."""
     text = path.read_text(encoding="utf-8")
     tokenizer = CharTokenizer.from_text(text)
-    tokens = _split(tokenizer.encode(text), split, VAL_FRACTION)
-    return TokenData(tokens, tokenizer.vocab_size, f"shakespeare/{split}"), tokenizer
+    return tokenizer.encode(text), tokenizer
 
 
 def load_tokens(

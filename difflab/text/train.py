@@ -147,7 +147,7 @@ class TextTrainer:
             raise ValueError(f"non-finite loss or gradient at step {self.step + 1}: lower optim.lr")
         self.optimizer.step()
         self.ema.update(self.net)
-        return {"bits_per_token": float(loss) / math.log(2), "grad_norm": grad_norm, "lr": lr}
+        return {"bits_per_token": loss.item() / math.log(2), "grad_norm": grad_norm, "lr": lr}
 
     @torch.no_grad()
     def evaluate(self) -> float:
