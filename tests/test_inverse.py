@@ -26,7 +26,7 @@ from difflab.inverse import (
     uniform_blur,
 )
 from difflab.inverse.restore import measure, restore, shown, task_operator
-from difflab.testing import GaussianMixture, gaussian
+from difflab.testing import gaussian, projection_problem
 
 D = 4
 NOISE = 0.2
@@ -39,23 +39,18 @@ def _gen(seed: int) -> torch.Generator:
 
 @pytest.fixture(scope="module")
 def problem() -> dict:
-    """A 3-component diagonal mixture in R^4 seen through a random 2 x 4 projection with noise 0.2:
-    a two-mode posterior (weights 0.21 / 0.79); reference log-likelihood from 10^5 exact draws."""
-    g = _gen(0)
-    means = torch.randn(3, D, generator=g, dtype=torch.float64)
-    variances = 0.05 + 0.3 * torch.rand(3, D, generator=g, dtype=torch.float64)
-    prior = GaussianMixture(torch.tensor([0.3, 0.3, 0.4]), means, variances)
-    op = random_projection((D,), 2, seed=1)
-    x0 = prior.sample(1, generator=g)
-    y = op(x0) + NOISE * torch.randn(1, 2, generator=g, dtype=torch.float64)
-    post = prior.posterior(op.dense(), y[0], NOISE)
+    """projection_problem(): a 3-component diagonal mixture in R^4 seen through a random 2 x 4
+    projection with noise 0.2; reference log-likelihood from 10^5 exact posterior draws."""
+    lg = projection_problem()
+    post = lg.posterior
     exact = post.sample(100_000, generator=_gen(1))
     return {
-        "prior": prior,
-        "op": op,
-        "y": y,
+        "prior": lg.prior,
+        "op": Matrix(lg.matrix),
+        "y": lg.y[None],
         "post": post,
         "ref": float(post.log_prob(exact).mean()),
+        "log_py": lg.log_evidence,
         "sigmas": schedules.get("karras")(STEPS, 0.005, 80.0),
     }
 
@@ -152,8 +147,8 @@ def test_ddrm_close_to_the_exact_posterior(problem: dict) -> None:
     out = ddrm(p["prior"], p["op"], p["y"].expand(n, 2), NOISE, x, p["sigmas"], generator=_gen(7))
     err, gap = _score(p, out)
     prior_err, prior_gap = _score(p, p["prior"].sample(n, generator=_gen(2)))
-    assert prior_err > 0.7 and prior_gap < -10  # the measurement carries real information
-    assert err < 0.35 and abs(gap) < 1.5  # measured 0.26, +0.45: eta = 0.85 is biased (docs)
+    assert prior_err > 0.7 and prior_gap < -50  # the measurement carries real information
+    assert err < 0.2 and abs(gap) < 1.5  # measured 0.11, +1.06: eta = 0.85 is biased (docs)
 
 
 def test_ddrm_exact_where_coordinates_decouple() -> None:
@@ -180,7 +175,8 @@ def test_pigdm_conditions_on_the_measurement(problem: dict) -> None:
     x = _start(n, p["sigmas"])
     out = pigdm(p["prior"], p["op"], p["y"].expand(n, 2), NOISE, x, p["sigmas"], generator=_gen(7))
     err, gap = _score(p, out)
-    assert err < 0.2 and abs(gap) < 0.3  # measured 0.07, -0.03
+    # measured 0.52, +0.01: the right typical set, the wrong mode weights (docs/inverse.md)
+    assert err < 0.7 and abs(gap) < 0.3
 
 
 def test_pigdm_denoiser_is_tweedie_for_a_gaussian_prior() -> None:
@@ -201,15 +197,22 @@ def test_pigdm_denoiser_is_tweedie_for_a_gaussian_prior() -> None:
 
 
 def test_dps_bias_is_measured(problem: dict) -> None:
-    """DPS conditions (its mean is far closer than the prior's, 2.2) but stays biased: at zeta = 0.3
-    its log-likelihood gap under the exact posterior is -2.0 nats, at zeta = 1 -27 (docs/inverse.md)."""
+    """DPS conditions (its mean error is far below the prior's 0.86, its log-likelihood gap far above
+    the prior's -109) but stays biased: -4.5 nats at zeta = 0.03, -212 at zeta = 1 (docs/inverse.md)."""
     p, n = problem, 2000
     x = _start(n, p["sigmas"])
     out = dps(
-        p["prior"], p["op"], p["y"].expand(n, 2), NOISE, x, p["sigmas"], generator=_gen(7), zeta=0.3
+        p["prior"],
+        p["op"],
+        p["y"].expand(n, 2),
+        NOISE,
+        x,
+        p["sigmas"],
+        generator=_gen(7),
+        zeta=0.03,
     )
     err, gap = _score(p, out)
-    assert err < 0.3 and abs(gap) < 4.0  # measured 0.06, -2.0
+    assert err < 0.4 and abs(gap) < 10  # measured 0.18, -4.5
 
 
 def _smc_errors(p: dict, k: int, groups: int, seed: int) -> tuple[float, float, object]:
@@ -230,31 +233,21 @@ def test_smc_error_shrinks_with_particles(problem: dict) -> None:
     e256, _, _ = _smc_errors(problem, 256, 8, 20)
     e4096, gap, res = _smc_errors(problem, 4096, 2, 30)
     assert e256 < 0.6 * e16 and e4096 < 0.6 * e256
-    assert e4096 < 0.06 and abs(gap) < 0.35
+    assert e4096 < 0.15 and abs(gap) < 0.35  # measured 0.77, 0.29, 0.096; gap 0.13
     assert res.ess.shape == (STEPS, 2) and res.resampled.shape == (STEPS, 2)
     assert bool(res.resampled[-1].all())  # always resampled before the last step
     assert bool((res.ess >= 1).all()) and bool((res.ess <= 4096 * (1 + 1e-9)).all())
 
 
 def test_smc_evidence_estimates_p_of_y(problem: dict) -> None:
-    """prod of mean weights estimates p(y); the exact log p(y) is the log-density of the measurement
-    mixture sum_k w_k N(A m_k, A C_k A^T + noise^2 I)."""
-    p = problem
-    a = p["op"].dense()
-    prior = p["prior"]
-    y_mix = GaussianMixture(
-        prior.weights,
-        prior.means @ a.T,
-        a @ prior.covariances @ a.T + NOISE**2 * torch.eye(2, dtype=torch.float64),
-    )
-    exact = float(y_mix.log_prob(p["y"]))
-    _, _, res = _smc_errors(p, 1024, 4, 40)
-    assert abs(float(res.log_evidence.mean()) - exact) < 0.2
+    """The product of mean weights estimates p(y) (exact: LinearGaussianProblem.log_evidence)."""
+    _, _, res = _smc_errors(problem, 1024, 4, 40)
+    assert abs(float(res.log_evidence.mean()) - problem["log_py"]) < 0.2
 
 
 def test_smc_with_a_callable_operator(problem: dict) -> None:
     """The same linear A as a plain callable: twist N(y; A(D), (noise^2 + r^2) I), last step
-    x0 = D(x_1) reweighted by the exact likelihood; still consistent (measured 0.025, +0.19)."""
+    x0 = D(x_1) reweighted by the exact likelihood; still consistent (measured 0.12, +0.18)."""
     p, k = problem, 2048
     a = p["op"].dense()
     x = _start(2 * k, p["sigmas"], 50)
@@ -263,7 +256,7 @@ def test_smc_with_a_callable_operator(problem: dict) -> None:
         particles=k, generator=_gen(51),
     )  # fmt: skip
     err, gap = _score(p, res.x)
-    assert err < 0.06 and abs(gap) < 0.35
+    assert err < 0.2 and abs(gap) < 0.35
 
 
 def test_systematic_resampling_counts() -> None:

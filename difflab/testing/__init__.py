@@ -8,5 +8,15 @@ from difflab.testing.gmm import (
     ring2d,
     stiff,
 )
+from difflab.testing.posterior import LinearGaussianProblem, projection_problem
 
-__all__ = ["FlowSolution", "GaussianMixture", "gaussian", "random_mixture", "ring2d", "stiff"]
+__all__ = [
+    "FlowSolution",
+    "GaussianMixture",
+    "LinearGaussianProblem",
+    "gaussian",
+    "projection_problem",
+    "random_mixture",
+    "ring2d",
+    "stiff",
+]
