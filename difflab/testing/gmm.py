@@ -112,9 +112,10 @@ class GaussianMixture:
 
     # ------------------------------------------------------------------ the exact noised marginal
     def _components(
-        self, x: Tensor, sigma: Tensor | float
+        self, x: Tensor, sigma: Tensor | float, log_weights: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(z [B,K,d], v = lam + sigma^2 [B,K,d], log responsibilities [B,K], log p [B]) at x."""
+        """(z [B,K,d], v = lam + sigma^2 [B,K,d], log responsibilities [B,K], log p [B]) at x,
+        under the mixture's weights or softmax(``log_weights``) ([K] or one row per sample)."""
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must be [B, {self.dim}], got shape {tuple(x.shape)}")
         x = x.double()
@@ -125,18 +126,57 @@ class GaussianMixture:
         z = self._rotate(x[:, None, :] - self.means)
         v = self.variances + s.square()
         log_lik = -0.5 * (z.square() / v + torch.log(v) + _LOG_2PI).sum(-1)
-        logits = torch.log(self.weights) + log_lik
-        logits = torch.where(torch.isinf(s[..., 0]), torch.log(self.weights), logits)
+        prior = torch.log(self.weights)
+        if log_weights is not None:
+            log_weights = torch.as_tensor(log_weights, device=x.device)
+            if log_weights.shape not in ((self.num_components,), (x.shape[0], self.num_components)):
+                raise ValueError(
+                    f"log_weights must be [{self.num_components}] or [{x.shape[0]}, "
+                    f"{self.num_components}], got shape {tuple(log_weights.shape)}"
+                )
+            prior = torch.log_softmax(log_weights.double(), -1)
+        logits = prior + log_lik
+        logits = torch.where(torch.isinf(s[..., 0]), prior, logits)
         log_p = torch.logsumexp(logits, -1)
         return z, v, logits - log_p[:, None], log_p
 
-    def denoise(self, x: Tensor, sigma: Tensor | float) -> Tensor:
-        """E[x0 | x] = sum_k r_k(x) (m_k + C_k (C_k + sigma^2 I)^-1 (x - m_k))."""
-        z, v, log_r, _ = self._components(x, sigma)
+    def denoise(
+        self, x: Tensor, sigma: Tensor | float, log_weights: Tensor | None = None
+    ) -> Tensor:
+        """E[x0 | x] = sum_k r_k(x) (m_k + C_k (C_k + sigma^2 I)^-1 (x - m_k)).
+
+        ``log_weights`` ([K] or [B, K], up to a constant; differentiable) re-weights the components,
+        per sample if given per sample: a continuous condition for the exact model (-inf rows off
+        other classes give :meth:`condition`'s denoiser; the mixture's own log weights the
+        unconditional one)."""
+        z, v, log_r, _ = self._components(x, sigma, log_weights)
         shrunk = self._unrotate(self.variances / v * z)
         return _mix(log_r, self.means + shrunk).to(x.dtype)
 
     __call__ = denoise
+
+    def class_denoiser(
+        self,
+        x: Tensor,
+        sigma: Tensor | float,
+        labels: Tensor | None = None,
+        log_weights: Tensor | None = None,
+    ) -> Tensor:
+        """E[x0 | x, label] per sample: label c >= 0 the mixture of class c's components (as
+        :meth:`condition`), -1 or None all of them (the null class of classifier-free guidance);
+        without labels, ``log_weights`` as in :meth:`denoise`."""
+        if labels is not None:
+            if self.labels is None:
+                raise ValueError("this mixture has no component labels")
+            labels = torch.as_tensor(labels, device=x.device)
+            keep = (self.labels.to(x.device) == labels[:, None]) | (labels[:, None] < 0)
+            if not bool(keep.any(1).all()):
+                bad = int(labels[~keep.any(1)][0])
+                raise ValueError(
+                    f"no component has label {bad}; labels are {sorted(set(self.labels.tolist()))}"
+                )
+            log_weights = torch.log(self.weights).masked_fill(~keep, -math.inf)
+        return self.denoise(x, sigma, log_weights)
 
     def score(self, x: Tensor, sigma: Tensor | float) -> Tensor:
         """grad_x log p_sigma(x) = -sum_k r_k (C_k + sigma^2 I)^-1 (x - m_k)."""
