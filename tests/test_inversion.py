@@ -20,8 +20,8 @@ KARRAS50 = schedules.get("karras")(50, 0.002, 80.0)
 
 # the exact methods with the settings tested; the float32 bound is the stated round-trip error
 EXACT = [
-    ("edict", {}, 2e-3),
-    ("edict", {"level": "paper"}, 1e-4),
+    ("edict", {}, 1e-4),
+    ("edict", {"level": "own"}, 2e-3),
     ("bdia", {}, 1e-4),
     ("bdia", {"gamma": 0.0}, 1e-2),
     ("direct", {}, 1e-6),
@@ -135,8 +135,8 @@ def test_edict_own_level_is_closer_to_the_exact_flow_than_the_papers():
     mixture = stiff(dim=16)
     x = mixture.sample(32, generator=torch.Generator().manual_seed(3))
     exact = mixture.ode(x, 0.002, 80.0).x
-    own = inversion.invert(mixture, x, KARRAS10, method="edict").x
-    paper = inversion.invert(mixture, x, KARRAS10, method="edict", level="paper").x
+    own = inversion.invert(mixture, x, KARRAS10, method="edict", level="own").x
+    paper = inversion.invert(mixture, x, KARRAS10, method="edict").x
     assert relative(own, exact) < 0.2 * relative(paper, exact)
 
 
@@ -273,11 +273,18 @@ def nearest_mode(mixture, x):
 
 
 @pytest.mark.parametrize(
-    ("method", "guidance"), [("edict", 1.0), ("bdia", 1.0), ("ddim", 2.0), ("direct", 2.0)]
+    ("method", "options", "guidance"),
+    [
+        ("edict", {"level": "own"}, 1.0),
+        ("bdia", {}, 1.0),
+        ("ddim", {}, 2.0),
+        ("direct", {}, 2.0),
+    ],
 )
-def test_class_edit_on_the_exact_mixture_lands_in_the_target_class(method, guidance):
+def test_class_edit_on_the_exact_mixture_lands_in_the_target_class(method, options, guidance):
     """Re-generation under a new class on ring2d: the reconstruction is the input's mode, the edit
-    lies in the target component (the exact conditional denoiser)."""
+    lies in the target component (the exact conditional denoiser). EDICT at the paper's level
+    overshoots (benchmarks/inversion.py)."""
     mixture = ring2d()
     den = mixture.class_denoiser
     x = ring_points(8)
@@ -291,6 +298,7 @@ def test_class_edit_on_the_exact_mixture_lands_in_the_target_class(method, guida
         source={"labels": source},
         target={"labels": target},
         guidance=guidance,
+        **options,
     )
     assert torch.equal(nearest_mode(mixture, result.reconstruction), source)
     assert torch.equal(nearest_mode(mixture, result.edited), target)

@@ -31,23 +31,25 @@ def _check_unit(value: float, name: str, low_open: bool, high_open: bool) -> Non
 # ------------------------------------------------------------------------------------- EDICT
 
 
-EDICT_LEVELS = ("own", "paper")
+EDICT_LEVELS = ("paper", "own")
 
 
 def edict(
-    guide: Guide, x: Tensor, sigmas: list[float], *, p: float = 0.93, level: str = "own"
+    guide: Guide, x: Tensor, sigmas: list[float], *, p: float = 0.93, level: str = "paper"
 ) -> Latent:
     """EDICT: x^ = x + c eps(y), y^ = y + c eps(x^), x' = p x^ + (1-p) y^, y' = p y^ + (1-p) x',
     c = s' - s, inverted in closed form (Wallace et al. 2023, Eqs. 11-18).
 
     Both sequences start at the input; the latent is the pair (x, y) at sigmas[0]. ``level``
-    "own" evaluates eps(x^) at x^'s own level s'; "paper" at the step's start level s, as the
-    paper's eps(x^inter_t, t) does although x^inter_t is already at t - 1. Both are exactly
-    invertible; on the exact mixtures "own" is 10-60x closer to the true flow's latent at 10-50
-    steps (the paper's level shrinks the latent's norm), "paper" has the smaller float32
-    round-trip error at 10 steps (docs/inversion.md). The mixing contracts x - y by p^2 per
-    sampling step, so inversion expands it by 1/p^2: past ~60 steps (p = 0.93) the latent drifts
-    away from the flow's.
+    "paper" evaluates eps(x^) at the step's start level s, as the paper's eps(x^inter_t, t) does
+    although x^inter_t is already at t - 1; "own" at x^'s own level s'. Both are exactly
+    invertible. "own" is consistent, and on the exact mixtures its latent is ~10x closer to the
+    true flow's at 10 steps (the paper's level shrinks the latent), but its y-update multiplies
+    x^ - D(x^, s') by (s' - s)/s', which is large on long steps (s/s' = 3-30 at the ends of a
+    10-step Karras grid), so float32 rounding of a network's output is amplified; the paper's
+    coefficient (s' - s)/s stays below 1 (docs/inversion.md measures both). The mixing contracts
+    x - y by p^2 per sampling step, so inversion expands it by 1/p^2: past ~60 steps (p = 0.93)
+    the latent drifts away from the flow's.
     """
     _check_unit(p, "p (the EDICT mixing weight)", low_open=True, high_open=False)
     if level not in EDICT_LEVELS:
