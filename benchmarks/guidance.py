@@ -1,24 +1,28 @@
 """Guidance methods on the shipped class-conditional MNIST model: class accuracy (the shipped MNIST
 classifier of difflab.metrics) and Fréchet distance in its feature space against the MNIST test split,
-for each method at a few scales, at the same sampler and NFE.
+for each method, at the same sampler and NFE.
 
-    python benchmarks/guidance.py            # n = 500 per row (about an hour on one CPU core)
-    python benchmarks/guidance.py --quick    # n = 100 and fewer scales: checks the script runs
+    python benchmarks/guidance.py            # n = 500 per row: about 30 min of one CPU core
+    python benchmarks/guidance.py --quick    # n = 100, one row per method: checks the script runs
+    python benchmarks/guidance.py --only CFG APG   # some methods only
 
 Every row samples the same n labels (cycling 0-9) from the same per-sample noise, with DPM-Solver++(2M)
-on the model's Karras grid (--steps, default 15 = 15 NFE); CFG++ uses Euler/DDIM, the sampler it is
-exact for, next to unguided and CFG Euler rows on the same grid. "evals" is the denoiser (network)
-evaluations per sample, over all branches; rows marked "+ grad" also backpropagate every step.
+on the model's Karras grid (--steps, default 10 = 10 NFE); CFG++ runs on Euler/DDIM, the sampler it is
+exact for, next to a CFG Euler row. "evals" counts the network evaluations per sample over all
+branches (for autoguidance the weak model's too); rows marked "+ grad" also backpropagate every step
+(through the classifier; for reward guidance through the denoiser too).
 Guides: autoguidance's weak model is the shipped ``mnist_small`` (16 instead of 32 channels, trained
 600 instead of 2457 steps); classifier and reward guidance use the shipped noise-conditional classifier
 (difflab/pretrained/mnist_noisy_classifier) on the unconditional (null-label) model, the reward being
-log p(c | x0) under that classifier at sigma = 0.002. The data floor is the Fréchet distance between n
-test and n training images (the finite-n bias shared by every row).
+log p(c | x0) under that classifier at sigma = 0.002. Accuracy and FD are judged by a different
+network (difflab.metrics' classifier). The data floor is the Fréchet distance between n test and n
+training images (the finite-n bias shared by every row).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,110 +36,116 @@ from difflab import guidance as G
 from difflab.metrics import class_accuracy, frechet_distance, mnist_features
 from difflab.pretrained.generate import sample_batched, step_grid
 
-Builder = Callable[[Tensor], tuple[Callable[..., Tensor], str]]  # sigmas -> (denoiser, sampler)
+Builder = Callable[[Tensor], Callable[..., Tensor]]  # the grid -> the (guided) denoiser
 
 
-def rows(model: Any, weak: Any, quick: bool) -> list[tuple[str, str, Builder]]:
-    """(method, setting, builder) for every row of the table."""
-    clf = G.load_noisy_classifier()
-    pick = (lambda full, short: short) if quick else (lambda full, short: full)
-    out: list[tuple[str, str, Builder]] = []
+class Guides:
+    """The models a row may need, loaded on first use: the main model, autoguidance's weak model
+    (the shipped mnist_small) and the noise-conditional classifier."""
 
-    def add(method: str, setting: str, build: Builder) -> None:
-        out.append((method, setting, build))
+    def __init__(self) -> None:
+        self.model = difflab.load("mnist")
 
-    add("none", "w = 1", lambda s, d=model.denoiser: (d, "dpmpp_2m"))
-    for w in pick([1.5, 2.0, 3.0, 5.0], [2.0, 5.0]):
-        add(
-            "CFG",
-            f"w = {w:g}",
-            lambda s, w=w, d=model.denoiser: (G.classifier_free(d, w), "dpmpp_2m"),
-        )
-    for w in pick([3.0, 5.0], [5.0]):
-        rule = G.CFG(w, rescale=0.7)
-        add(
+    @functools.cached_property
+    def weak(self) -> Any:
+        return difflab.load("mnist_small")
+
+    @functools.cached_property
+    def classifier(self) -> Any:
+        return G.load_noisy_classifier()
+
+    def log_p(self, x0: Tensor, labels: Tensor) -> Tensor:
+        """The reward r(x0) = log p(c | x0) under the noisy classifier at sigma = 0.002."""
+        return self.classifier(x0, 0.002).log_softmax(1).gather(1, labels[:, None])[:, 0]
+
+    def not_next(self, w: float) -> Callable[..., Tensor]:
+        """c (weight w) AND NOT c + 1 (weight -1), as a denoiser of the usual labels [B]."""
+        comp = G.composable(self.model.denoiser, [w, -1.0])
+        return lambda x, s, labels: comp(x, s, labels=torch.stack([labels, (labels + 1) % 10], 1))
+
+
+def rows(g: Guides, quick: bool) -> list[tuple[str, str, str, Builder]]:
+    """(method, setting, sampler, builder) for every row of the table."""
+    d = g.model.denoiser
+    full = [
+        ("none", "w = 1", "dpmpp_2m", lambda s: d),
+        ("CFG", "w = 2", "dpmpp_2m", lambda s: G.classifier_free(d, 2.0)),
+        ("CFG", "w = 4", "dpmpp_2m", lambda s: G.classifier_free(d, 4.0)),
+        (
             "CFG + rescale",
-            f"w = {w:g}, phi = 0.7",
-            lambda s, r=rule, d=model.denoiser: (G.classifier_free(d, r), "dpmpp_2m"),
-        )
-        add(
+            "w = 4, phi = 0.7",
+            "dpmpp_2m",
+            lambda s: G.classifier_free(d, G.CFG(4.0, rescale=0.7)),
+        ),
+        (
             "CFG, interval",
-            f"w = {w:g}, sigma in [0.3, 5]",
-            lambda s, w=w, d=model.denoiser: (G.classifier_free(d, w, (0.3, 5.0)), "dpmpp_2m"),
-        )
-        apg = G.APG(w, eta=0.0, momentum=-0.5)
-        add(
+            "w = 4, sigma in [0.3, 5]",
+            "dpmpp_2m",
+            lambda s: G.classifier_free(d, 4.0, (0.3, 5.0)),
+        ),
+        (
             "APG",
-            f"w = {w:g}, eta 0, beta -0.5",
-            lambda s, r=apg, d=model.denoiser: (G.classifier_free(d, r), "dpmpp_2m"),
-        )
-    for w in pick([2.0, 3.0, 5.0], [3.0]):
-        add(
+            "w = 4, eta 0, beta -0.5",
+            "dpmpp_2m",
+            lambda s: G.classifier_free(d, G.APG(4.0, momentum=-0.5)),
+        ),
+        (
             "CFG-Zero*",
-            f"w = {w:g}, first step zeroed",
-            lambda s, w=w, d=model.denoiser: (
-                G.classifier_free(d, G.CFGZeroStar(w, zero_init=float(s[0]))),
-                "dpmpp_2m",
-            ),
-        )
-    add("none (euler)", "w = 1", lambda s, d=model.denoiser: (d, "euler"))
-    add("CFG (euler)", "w = 2", lambda s, d=model.denoiser: (G.classifier_free(d, 2.0), "euler"))
-    for lam in pick([0.2, 0.4, 0.6], [0.4]):
-        add(
-            "CFG++ (euler)",
-            f"lambda = {lam:g}",
-            lambda s, lam=lam, d=model.denoiser: (G.cfg_pp(d, lam, s), "euler"),
-        )
-    for w in pick([2.0, 3.0], [3.0]):
-
-        def not_next(s: Tensor, w: float = w, d: Any = model.denoiser) -> tuple[Any, str]:
-            comp = G.composable(d, [w, -1.0])
-            return (
-                lambda x, sig, labels: comp(
-                    x, sig, labels=torch.stack([labels, (labels + 1) % 10], 1)
-                )
-            ), "dpmpp_2m"
-
-        add("AND/NOT", f"c (w {w:g}) AND NOT c+1 (w -1)", not_next)
-    for w in pick([1.5, 2.0, 3.0], [2.0]):
-        add(
+            "w = 4, first step zeroed",
+            "dpmpp_2m",
+            lambda s: G.classifier_free(d, G.CFGZeroStar(4.0, zero_init=float(s[0]))),
+        ),
+        ("CFG", "w = 2", "euler", lambda s: G.classifier_free(d, 2.0)),
+        ("CFG++", "lambda = 0.4", "euler", lambda s: G.cfg_pp(d, 0.4, s)),
+        ("AND/NOT", "c (w 2) AND NOT c+1 (w -1)", "dpmpp_2m", lambda s: g.not_next(2.0)),
+        (
             "autoguidance",
-            f"w = {w:g}, weak mnist_small",
-            lambda s, w=w: (G.autoguidance(model.denoiser, weak.denoiser, w), "dpmpp_2m"),
-        )
-    for w in pick([1.5, 2.0, 3.0], [2.0]):
-        add(
+            "w = 2, weak = mnist_small",
+            "dpmpp_2m",
+            lambda s: G.autoguidance(d, g.weak.denoiser, 2.0),
+        ),
+        (
             "PAG",
-            f"w = {w:g} (s = {w - 1:g}), all attention",
-            lambda s, w=w: (G.perturbed_attention(model.denoiser, w), "dpmpp_2m"),
-        )
-    for scale in pick([1.0, 2.0, 4.0], [2.0]):
-        add(
+            "w = 2 (s = 1), every attention layer",
+            "dpmpp_2m",
+            lambda s: G.perturbed_attention(d, 2.0),
+        ),
+        (
             "classifier",
-            f"s = {scale:g}, unconditional model + grad",
-            lambda s, sc=scale: (G.classifier_guidance(model.denoiser, clf, sc), "dpmpp_2m"),
-        )
-
-    def log_p(x0: Tensor, labels: Tensor) -> Tensor:
-        return clf(x0, 0.002).log_softmax(1).gather(1, labels[:, None])[:, 0]
-
-    for lam in pick([1.0, 3.0], [3.0]):
-        add(
+            "s = 1, null-label model + grad",
+            "dpmpp_2m",
+            lambda s: G.classifier_guidance(d, g.classifier, 1.0),
+        ),
+        (
+            "classifier",
+            "s = 3, null-label model + grad",
+            "dpmpp_2m",
+            lambda s: G.classifier_guidance(d, g.classifier, 3.0),
+        ),
+        (
             "reward",
-            f"lambda = {lam:g}, r = log p(c | x0), unconditional + grad",
-            lambda s, lam=lam: (
-                G.reward_guidance(model.denoiser, log_p, lam, conditional=False),
-                "dpmpp_2m",
-            ),
-        )
-    return out
+            "lambda = 1, log p(c | x0), null-label + grad",
+            "dpmpp_2m",
+            lambda s: G.reward_guidance(d, g.log_p, 1.0, conditional=False),
+        ),
+        (
+            "reward",
+            "lambda = 3, log p(c | x0), null-label + grad",
+            "dpmpp_2m",
+            lambda s: G.reward_guidance(d, g.log_p, 3.0, conditional=False),
+        ),
+    ]
+    if quick:  # one row per method
+        seen: set[str] = set()
+        full = [r for r in full if not (r[0] in seen or seen.add(r[0]))]
+    return full
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--n", type=int, default=500, help="samples per row")
-    p.add_argument("--steps", type=int, default=15, help="grid steps (NFE of dpmpp_2m and euler)")
-    p.add_argument("--quick", action="store_true", help="n = 100 and fewer scales")
+    p.add_argument("--steps", type=int, default=10, help="grid steps (NFE of dpmpp_2m and euler)")
+    p.add_argument("--quick", action="store_true", help="n = 100, one row per method")
     p.add_argument(
         "--only", nargs="*", default=None, help="run only these methods (names as printed)"
     )
@@ -146,7 +156,8 @@ def main() -> None:
         args.n = 100
     torch.set_num_threads(args.threads)
 
-    model, weak = difflab.load("mnist"), difflab.load("mnist_small")
+    guides = Guides()
+    model = guides.model
     test = datasets.load("mnist", split="test").x
     train = datasets.load("mnist", split="train").x
     g = torch.Generator().manual_seed(args.seed)
@@ -162,16 +173,17 @@ def main() -> None:
     )
     print("| method | setting | sampler | NFE | evals | accuracy | FD | seconds |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
-    for method, setting, build in rows(model, weak, args.quick):
+    for method, setting, sampler, build in rows(guides, args.quick):
         if args.only and method not in args.only:
             continue
-        den, sampler = build(sigmas)
+        den = build(sigmas)
         images = [0]  # network evaluations of the main and the weak model, every branch counted
 
         def count(module: Any, inputs: tuple, images: list[int] = images) -> None:
             images[0] += len(inputs[0])
 
-        hooks = [m.denoiser.register_forward_pre_hook(count) for m in (model, weak)]
+        nets = [model] + ([guides.weak] if method == "autoguidance" else [])
+        hooks = [m.denoiser.register_forward_pre_hook(count) for m in nets]
         begin = time.perf_counter()
         try:
             x, nfe, _ = sample_batched(
