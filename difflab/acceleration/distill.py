@@ -54,6 +54,7 @@ from difflab.training.config import merge_defaults
 from difflab.training.ema import EMA
 from difflab.training.loop import DataOrder
 from difflab.training.lr import LRSchedule
+from difflab.training.noise_levels import NoiseLevels
 from difflab.training.objectives import Objective, denoising_loss
 from difflab.utils.files import atomic_write_bytes
 from difflab.utils.weights import load_weights, save_weights, write_config
@@ -73,7 +74,7 @@ METHODS: dict[str, dict[str, Any]] = {
         "distribution": "lognormal",
         "metric": "pseudo_huber",
     },
-    "reflow": {"pairs": 10000, "pair_batch": 500},
+    "reflow": {"pairs": 10000, "pair_batch": 500, "noise_levels": "uniform_t"},
 }
 
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -202,6 +203,7 @@ class DistillTrainer:
             )
         if self.name == "reflow":
             self.pairs = self._pairs()
+            self.levels = NoiseLevels(self.method["noise_levels"], objective.process)
         self.order = DataOrder(len(self.pairs[0] if self.name == "reflow" else data), run["seed"])
         self._new_optimizer()
 
@@ -273,7 +275,7 @@ class DistillTrainer:
         student = self.objective.denoiser(self.student)
         g, b = self.generator, x0.shape[0]
         if self.name == "reflow":
-            return reflow_loss(student, self.objective, x0, z, g, **cond)
+            return reflow_loss(student, self.objective, x0, z, self.levels, g, **cond)
         if self.name == "progressive":
             grid = self._teacher_grid()
             i = 2 * torch.randint((len(grid) - 1) // 2, (b,), generator=g)

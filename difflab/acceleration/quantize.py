@@ -61,18 +61,23 @@ class _Int8(nn.Module):
         return self.dequant(self.layer(self.quant(x)))
 
 
-def _wrap_layers(net: nn.Module, kinds: tuple[type[nn.Module], ...], qconfig: Any) -> int:
-    """Replace every layer of ``kinds`` in ``net`` by an :class:`_Int8` wrapper carrying
-    ``qconfig``; returns how many."""
-    count = 0
-    for parent in list(net.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, kinds):
-                wrapper = _Int8(child)
-                wrapper.qconfig = qconfig
-                setattr(parent, name, wrapper)
-                count += 1
-    return count
+def _wrap_layers(net: nn.Module, names: set[str], qconfig: Any) -> None:
+    """Replace the named layers of ``net`` by :class:`_Int8` wrappers carrying ``qconfig``."""
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = net.get_submodule(parent_name)
+        wrapper = _Int8(getattr(parent, child))
+        wrapper.qconfig = qconfig
+        setattr(parent, child, wrapper)
+
+
+def _layers(net: nn.Module, kind: type[nn.Module], keep_float: Sequence[str]) -> set[str]:
+    """Names of the ``kind`` layers outside the ``keep_float`` submodules."""
+    return {
+        name
+        for name, m in net.named_modules()
+        if type(m) is kind and not any(name.startswith(p) for p in keep_float)
+    }
 
 
 def quantize(
@@ -81,34 +86,33 @@ def quantize(
     *,
     conv: str = "static",
     linear: str = "dynamic",
+    keep_float: Sequence[str] = ("time_embed", "class_embed"),
 ) -> nn.Module:
     """An int8 copy of ``net`` (eval mode, CPU): ``conv`` "static" or "none" for every Conv2d,
-    ``linear`` "static", "dynamic" or "none" for every Linear. Static layers need ``calibrate``,
-    called once with the observed copy: it should run the copy on representative inputs (see
-    :func:`along_trajectories`). ``net`` itself is not changed."""
+    ``linear`` "static", "dynamic" or "none" for every Linear, except inside the submodules named
+    in ``keep_float`` (by default the noise-level and class embeddings, which other code reads
+    weights of and which cost nothing). Static layers need ``calibrate``, called once with the
+    observed copy: it should run the copy on representative inputs (see :func:`along_trajectories`).
+    ``net`` itself is not changed."""
     check_name("conv quantization", conv, ("static", "none"))
     check_name("linear quantization", linear, MODES)
-    static: tuple[type[nn.Module], ...] = ((nn.Conv2d,) if conv == "static" else ()) + (
-        (nn.Linear,) if linear == "static" else ()
-    )
-    if static and calibrate is None:
-        raise ValueError("static int8 layers need a calibrate function (their activation ranges)")
     q = copy.deepcopy(net).cpu().eval().requires_grad_(False)
+    static = (_layers(q, nn.Conv2d, keep_float) if conv == "static" else set()) | (
+        _layers(q, nn.Linear, keep_float) if linear == "static" else set()
+    )
+    if (conv == "static" or linear == "static") and calibrate is None:
+        raise ValueError("static int8 layers need a calibrate function (their activation ranges)")
     with _ao() as tq:
+        if linear == "dynamic":  # first: static preparation leaves qconfig = None on every module
+            names = _layers(q, nn.Linear, keep_float)
+            if names:
+                tq.quantize_dynamic(q, names, dtype=torch.qint8, inplace=True)
         if static:
-            qconfig = tq.get_default_qconfig(torch.backends.quantized.engine)
-            if _wrap_layers(q, static, qconfig) == 0:
-                raise ValueError(f"the network has no {' or '.join(t.__name__ for t in static)}")
+            _wrap_layers(q, static, tq.get_default_qconfig(torch.backends.quantized.engine))
             tq.prepare(q, inplace=True)
             with torch.no_grad():
                 calibrate(q)
             tq.convert(q, inplace=True)
-        if linear == "dynamic":
-            float_linears = {
-                name for name, m in q.named_modules() if type(m) is nn.Linear
-            }  # those not already static
-            if float_linears:
-                tq.quantize_dynamic(q, float_linears, dtype=torch.qint8, inplace=True)
     return q
 
 

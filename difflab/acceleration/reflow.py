@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from difflab import sampling
+from difflab.training.noise_levels import NoiseLevels
 from difflab.training.objectives import Objective, denoising_loss
 
 __all__ = ["reflow_loss", "reflow_pairs"]
@@ -46,10 +47,12 @@ def reflow_loss(
     objective: Objective,
     x0: Tensor,
     z: Tensor,
+    noise_levels: NoiseLevels,
     generator: torch.Generator | None = None,
     **cond: Any,
 ) -> Tensor:
-    """Per-sample lambda(sigma) ||D(x0 + sigma z, sigma) - x0||^2 over the objective's noise levels
-    and weighting, on coupled pairs (x0, z)."""
-    sigma = objective.noise_levels(x0.shape[0], generator, x0.device).to(x0.device)
+    """Per-sample lambda(sigma) ||D(x0 + sigma z, sigma) - x0||^2 with the objective's weighting,
+    sigma ~ ``noise_levels``, on coupled pairs (x0, z). The levels must reach the start of the
+    few-step grid: rectified flow's t ~ U[0, 1] ("uniform_t") does, EDM's log-normal does not."""
+    sigma = noise_levels(x0.shape[0], generator, x0.device).to(x0.device)
     return denoising_loss(student, x0, z, sigma, objective.weighting, **cond)

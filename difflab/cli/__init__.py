@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "check",
     "text",
     "edit",
+    "distill",
     "restore",
 )
 
