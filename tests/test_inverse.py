@@ -27,6 +27,7 @@ from difflab.inverse import (
 )
 from difflab.inverse.restore import measure, restore, shown, task_operator
 from difflab.testing import gaussian, projection_problem
+from difflab.testing.checks import CountingDenoiser
 
 D = 4
 NOISE = 0.2
@@ -321,6 +322,18 @@ def test_a_sample_does_not_depend_on_its_batch(method: str) -> None:
     two = restore(denoiser, blur, y[:2], 0.1, sigmas, method, seed=2, particles=3)
     assert three.shape == truth.shape
     assert torch.allclose(three[:2], two, atol=1e-12)
+
+
+def test_nfe_is_one_evaluation_per_step(problem: dict) -> None:
+    p, sigmas = problem, schedules.get("karras")(7, 0.01, 10.0)
+    x, y = _start(4, sigmas), p["y"].expand(4, 2)
+    for method, options in ((dps, {}), (pigdm, {}), (ddrm, {})):
+        counter = CountingDenoiser(p["prior"])
+        method(counter, p["op"], y, NOISE, x, sigmas, generator=_gen(0), **options)
+        assert counter.calls == 7, method.__name__
+    counter = CountingDenoiser(p["prior"])
+    smc(counter, p["op"], p["y"], NOISE, x, sigmas, particles=4, generator=_gen(0))
+    assert counter.calls == 7
 
 
 def test_bad_input_is_named(problem: dict) -> None:
