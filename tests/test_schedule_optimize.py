@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import pytest
 import torch
 
 from difflab.schedules import optimize
-from difflab.schedules.optimize import OptimizedGrid, optimize_family
+from difflab.schedules.optimize import OptimizedGrid, golden_section, nelder_mead, optimize_family
 from difflab.testing.gmm import ring2d
 
 SIGMA_MIN, SIGMA_MAX = 0.01, 80.0
@@ -30,16 +31,21 @@ def _direct() -> OptimizedGrid:
     )
 
 
-def _check_grid(sigmas: torch.Tensor, steps: int) -> None:
+def _check_grid(sigmas: torch.Tensor, steps: int, free_last: bool = False) -> None:
+    """steps + 1 float64 levels, strictly decreasing from sigma_max to 0; the last positive one is
+    sigma_min, or within [sigma_min, sigma_max) when it is free."""
     assert sigmas.dtype == torch.float64 and sigmas.shape == (steps + 1,)
     assert bool((sigmas[1:] < sigmas[:-1]).all())
-    assert float(sigmas[0]) == SIGMA_MAX and float(sigmas[-2]) == SIGMA_MIN
-    assert float(sigmas[-1]) == 0.0
+    assert float(sigmas[0]) == SIGMA_MAX and float(sigmas[-1]) == 0.0
+    if free_last:
+        assert SIGMA_MIN <= float(sigmas[-2]) < SIGMA_MAX
+    else:
+        assert float(sigmas[-2]) == SIGMA_MIN
 
 
 def test_direct_beats_best_fixed_grid_on_held_out_noise() -> None:
     result = _direct()
-    _check_grid(result.sigmas, 6)
+    _check_grid(result.sigmas, 6, free_last=True)
     assert result.sampler == "dpmpp_2m" and result.nfe == 6 and result.method == "direct"
     best_held = min(held for _, held in result.fixed.values())
     print(
@@ -67,9 +73,15 @@ def test_direct_is_reproducible() -> None:
         )
         for _ in range(2)
     ]
-    _check_grid(runs[0].sigmas, 5)
+    _check_grid(runs[0].sigmas, 5, free_last=True)
     assert torch.equal(runs[0].sigmas, runs[1].sigmas)
     assert runs[0].held_out_error == runs[1].held_out_error
+    fixed_last = optimize(
+        mixture, "euler", 5, cal[:32], sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, seed=3,
+        max_evals=20, free_last=False, progress=False,
+    )  # fmt: skip
+    _check_grid(fixed_last.sigmas, 5)
+    assert fixed_last.calibration_error <= fixed_last.best_fixed_error[0]
 
 
 def test_ays_grid_is_valid_and_reproducible() -> None:
@@ -140,3 +152,22 @@ def test_clear_errors() -> None:
         optimize_family(mixture, "euler", 4, cal[:4], family="beta", **kw)
     with pytest.raises(ValueError, match="chooses its own steps"):
         optimize(mixture, "adaptive", 4, cal[:4], **kw)
+
+
+def test_nelder_mead_and_golden_section_find_known_minima() -> None:
+    """The self-contained searches on functions with known minima: Rosenbrock's valley in 2-D
+    (minimum at (1, 1)), a rotated ill-conditioned quadratic in 6-D (the adaptive coefficients),
+    and a parabola on an interval."""
+    rosen = lambda z: (1 - z[0]) ** 2 + 100 * (z[1] - z[0] ** 2) ** 2  # noqa: E731
+    z, value, evals = nelder_mead(rosen, np.array([-1.2, 1.0]), 0.5, 1000, 1e-8)
+    assert np.allclose(z, [1.0, 1.0], atol=1e-5) and value < 1e-9 and evals <= 1000
+    q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(6, 6)))
+    h = q @ np.diag(np.logspace(0, 2, 6)) @ q.T
+    target = np.linspace(-1, 1, 6)
+    quad = lambda z: float((z - target) @ h @ (z - target))  # noqa: E731
+    z, value, _ = nelder_mead(quad, np.zeros(6), 0.5, 3000, 1e-9)
+    assert np.allclose(z, target, atol=1e-4)
+    _, _, stopped = nelder_mead(quad, np.zeros(6), 0.5, 40, 1e-9)
+    assert stopped <= 40 + 6  # a shrink may finish its n evaluations
+    x, fx = golden_section(lambda x: (x - 0.3) ** 2 + 2, -1.0, 2.0, 40)
+    assert abs(x - 0.3) < 1e-6 and abs(fx - 2) < 1e-12

@@ -136,3 +136,12 @@ def test_shipped_grids_are_valid():
         assert sampling.info(sampler).nfe(len(s) - 1) <= nfe
         assert bool((s[1:] < s[:-1]).all()) and float(s[0]) == 80.0 and float(s[-2]) == 0.002
         assert grid.held_out_error < grid.best_fixed_error[1]
+
+
+def test_a_grid_from_sigma_inf_needs_a_finite_start(tmp_path):
+    points = pretrained.load(save_tiny(tmp_path / "pts", "points"))
+    with pytest.raises(ValueError, match="starts sampling at sigma = inf"):
+        saved.calibrate(points, 4)
+    calibration = saved.calibrate(points, 4, sigma_max=20.0, reference_steps=4, progress=False)
+    assert calibration.sigma_max == 20.0 and calibration.cond == {}
+    assert calibration.calibration.shape == (4, 2)

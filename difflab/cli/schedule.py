@@ -63,6 +63,11 @@ def add(commands: Any) -> None:
     )
     o.add_argument("--max-evals", type=int, default=None, help="objective evaluations (direct)")
     o.add_argument(
+        "--keep-sigma-min",
+        action="store_true",
+        help="end the grid at sigma_min (direct searches where its last level goes by default)",
+    )
+    o.add_argument(
         "--out",
         default=None,
         help="output JSON (default: grid.json for an exact mixture, the model folder's "
@@ -82,7 +87,9 @@ def run(args: argparse.Namespace) -> None:
         check_name("--method", args.method, METHODS)
     if args.out is not None and len(args.nfe) > 1:
         raise CliError(f"--out names one file, but --nfe gives {len(args.nfe)} budgets")
-    options = {} if args.max_evals is None else {"max_evals": args.max_evals}
+    options: dict[str, Any] = {} if args.max_evals is None else {"max_evals": args.max_evals}
+    if args.keep_sigma_min and args.method == "direct":
+        options["free_last"] = False
     if args.model in EXACT_MODELS:
         _optimize_exact(args, options)
     else:

@@ -9,10 +9,11 @@ and the reported error is on held-out noise.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,7 @@ class Calibration:
     reference_sampler: str
     reference_steps: int
     progress: bool = True
-    _references: tuple[Tensor, Tensor] | None = None
+    _references: tuple[Tensor, Tensor] | None = field(default=None, init=False, repr=False)
 
     @property
     def references(self) -> tuple[Tensor, Tensor]:
@@ -152,19 +153,27 @@ def calibrate(
     guidance: float | None = None,
     reference: str = "dpmpp_3m",
     reference_steps: int = 100,
+    sigma_min: float | None = None,
+    sigma_max: float | None = None,
     progress: bool = True,
 ) -> Calibration:
     """The calibration of a :class:`difflab.pretrained.Model`: n starting noises sigma_max eps_i
     drawn as ``model.sample(seed=seed)`` draws them, n held-out ones from ``seed + 1``, labels
-    i mod C for a class-conditional model, guidance at ``guidance`` (default: the model's)."""
+    i mod C for a class-conditional model, guidance at ``guidance`` (default: the model's), between
+    ``sigma_min`` and ``sigma_max`` (default: the model's sampling range)."""
     from difflab.guidance import classifier_free
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"the calibration size must be a positive integer, got {n!r}")
     d = model.defaults
     process = model.objective.process
-    sigma_min = float(d.get("sigma_min") or process.sigma_min)
-    sigma_max = float(d.get("sigma_max") or process.sigma_max)
+    sigma_min = float(sigma_min or d.get("sigma_min") or process.sigma_min)
+    sigma_max = float(sigma_max or d.get("sigma_max") or process.sigma_max)
+    if not math.isfinite(sigma_max):
+        raise ValueError(
+            f"{model.name} starts sampling at sigma = inf (zero terminal SNR); an optimized grid "
+            "needs a finite start: give sigma_max"
+        )
     if guidance is None:
         guidance = float(d["guidance"]) if model.has_null_class else 1.0
     labels = class_labels(None, n, model.num_classes)

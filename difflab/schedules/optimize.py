@@ -4,7 +4,9 @@ Three searches share one machinery (:class:`_Problem`): a fixed calibration batc
 a high-NFE reference endpoint for each, and the sampler run on a candidate grid.
 
 - ``optimize(..., method="direct")``: min_grid RMSE(sampler(x, grid), reference(x)) over monotone grids
-  sigma_max -> sigma_min, parameterized by the cumulative softmax of free logits in log sigma.
+  sigma_max -> sigma_last >= sigma_min, parameterized by the cumulative softmax of free logits in
+  log sigma, coarse to fine: first the range of each fixed grid (where it stops above sigma_min),
+  then every level.
 - ``optimize(..., method="ays")``: Align Your Steps (Sabour et al. 2024, arXiv:2404.14507): minimize
   the KL-divergence upper bound (KLUB) of the first-order discretization, coarse to fine.
 - :func:`optimize_family`: 1-D search of a fixed family's shape parameter (Karras rho, exponential
@@ -13,14 +15,21 @@ a high-NFE reference endpoint for each, and the sampler run on a candidate grid.
 Conventions: ``calibration`` (and ``held_out``) are batches of *starting noises* x = sigma_max * eps
 (DESIGN.md: "noise already multiplied by sigmas[0]"). The held-out batch defaults to
 sigma_max * randn(calibration.shape) drawn from ``seed + 1``; it is never seen by the search. Every
-result grid has ``steps + 1`` levels: sigma_max, strictly decreasing interior levels, sigma_min
-exactly, then 0, where ``steps`` is the most intervals the sampler can take within ``nfe``.
+result grid has ``steps + 1`` levels: sigma_max, strictly decreasing levels down to the last positive
+one, then 0, where ``steps`` is the most intervals the sampler can take within ``nfe``. The last
+positive level is sigma_min exactly, except for the direct search with ``free_last`` (its default),
+which places it anywhere in [sigma_min, sigma_max): at 4-8 NFE the final jump D(x, sigma_last) is
+one whole evaluation, and spending it at sigma_min = 0.01 is often a waste (on the stiff 64-D
+mixture the free last level lands near 0.2 and halves the error of DPM-Solver++(2M) at 4 NFE).
 
-The search is gradient-free (Nelder-Mead on the logits with a fixed initial simplex; golden section
-for families; AYS's own coordinate search): the sampler registry converts the grid to host floats,
-so autograd does not reach the sigmas, and a sampler's error is smooth but cheap enough in the few
-free levels (steps - 2) that a derivative-free search is both simpler and robust. Everything is
-deterministic, so one seed gives identical sigmas.
+The search is gradient-free, by measurement and by design: the sampler registry converts the grid to
+host floats (no device sync per step), so autograd does not reach the sigmas; the error is smooth
+in the few free levels (at most nfe - 1), and the dimension-adaptive Nelder-Mead below reached the
+same minima as scipy's (to 4 digits, in as many or fewer evaluations) and as a coordinate-wise
+golden-section search on every exact-mixture case tried, so scipy is not needed. Overfitting, not
+the optimizer, limited the stiff mixture: 64 calibration starts gave 28% lower calibration error
+and 9% higher held-out error; 512 give matching errors. Everything is deterministic, so one seed
+gives identical sigmas.
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ FIXED_GRIDS = ("karras", "exponential", "kl_optimal")  # the initializations and
 METHODS = ("direct", "ays")
 FAMILIES = ("karras", "exponential")
 _F64 = torch.float64
+_RANGE_EVALS = 12  # golden section of a fixed grid's sigma_last: 0.618^10 ~ 1% of the range
 _FAMILY_EVALS = 30  # golden section: the bracket shrinks to 0.618^28 ~ 1e-6 of its width
 _GAP_FLOOR = 1e-3  # each log-sigma gap keeps at least this fraction / (steps - 1) of the range
 
@@ -162,6 +172,7 @@ class _Problem:
         self.denoiser, self.options, self.seed = denoiser, sampler_options, seed
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
         self.lo, self.hi = math.log(self.sigma_min), math.log(self.sigma_max)
+        self.free_last = False  # whether grid() takes the last positive level as a variable
         self.x_cal = calibration
         if held_out is None:
             g = torch.Generator(device="cpu").manual_seed(seed + 1)
@@ -219,30 +230,42 @@ class _Problem:
             for name in FIXED_GRIDS
         }
 
-    # --- the monotone parameterization: logits -> log-sigma gaps (cumulative softmax)
+    # --- the monotone parameterization: logits -> log-sigma gaps (cumulative softmax), and with a
+    # free last level one more variable v for where it stops above sigma_min
 
-    def grid(self, logits: np.ndarray) -> Tensor:
-        """sigma_max, exp(hi - (hi - lo) cumsum(gap)), sigma_min, 0 with gap = softmax([logits, 0])
-        floored at _GAP_FLOOR / (steps - 1)."""
+    def grid(self, z: np.ndarray) -> Tensor:
+        """sigma_max, exp(hi - (hi - low) cumsum(gap)), 0 with gap = softmax([logits, 0]) floored at
+        _GAP_FLOOR / (steps - 1): the last positive level is exp(low) = sigma_min, or, with a free
+        last level, low = lo + (hi - lo) r with r = 1 - e^-|v| <= 1 - _GAP_FLOOR for the last
+        entry v of z."""
+        z = np.asarray(z, dtype=np.float64)
+        low = self.lo
+        if self.free_last:
+            z, v = z[:-1], min(abs(float(z[-1])), -math.log(_GAP_FLOOR))
+            low = self.lo + (self.hi - self.lo) * -math.expm1(-v)
         m = self.steps - 1
-        z = np.concatenate([np.asarray(logits, dtype=np.float64), [0.0]])
+        z = np.concatenate([z, [0.0]])
         p = np.exp(z - z.max())
         gaps = (1 - _GAP_FLOOR) * p / p.sum() + _GAP_FLOOR / m
-        levels = np.exp(self.hi - (self.hi - self.lo) * np.cumsum(gaps)[:-1])
-        return _assemble(levels, self.sigma_min, self.sigma_max)
+        levels = np.exp(self.hi - (self.hi - low) * np.cumsum(gaps)[:-1])
+        last = self.sigma_min if low == self.lo else math.exp(low)
+        return _assemble(levels, last, self.sigma_max)
 
     def logits(self, sigmas: Tensor) -> np.ndarray:
-        """The inverse of :meth:`grid` for a grid sigma_max .. sigma_min, 0."""
+        """The inverse of :meth:`grid` for a grid sigma_max .. sigma_last >= sigma_min, 0."""
         logs = np.log(sigmas[:-1].double().cpu().numpy())
-        m = self.steps - 1
-        gaps = -np.diff(logs) / (self.hi - self.lo)
+        m, low = self.steps - 1, float(logs[-1])
+        gaps = -np.diff(logs) / (self.hi - low)
         p = np.clip((gaps - _GAP_FLOOR / m) / (1 - _GAP_FLOOR), 1e-12, None)
-        return np.log(p[:-1] / p[-1])
+        z = np.log(p[:-1] / p[-1])
+        if self.free_last:
+            z = np.append(z, -math.log1p(-(low - self.lo) / (self.hi - self.lo)))
+        return z
 
 
-def _assemble(interior: np.ndarray | list[float], sigma_min: float, sigma_max: float) -> Tensor:
-    """[sigma_max, *interior, sigma_min, 0] with the endpoints exact; checks strict decrease."""
-    s = torch.tensor([sigma_max, *[float(v) for v in interior], sigma_min, 0.0], dtype=_F64)
+def _assemble(interior: np.ndarray | list[float], last: float, sigma_max: float) -> Tensor:
+    """[sigma_max, *interior, last, 0] with the endpoints exact; checks strict decrease."""
+    s = torch.tensor([sigma_max, *[float(v) for v in interior], last, 0.0], dtype=_F64)
     if not bool((s[1:] < s[:-1]).all()):
         raise RuntimeError(f"internal error: optimized grid is not strictly decreasing: {s}")
     return s
@@ -267,7 +290,8 @@ def nelder_mead(
 ) -> tuple[np.ndarray, float, int]:
     """(argmin, min, evaluations) of f by the Nelder-Mead simplex search (Nelder & Mead 1965) from
     the simplex x0, x0 + step e_i, with Gao & Han's (2012) dimension-adaptive coefficients above 3
-    dimensions; stops after ``max_evals`` evaluations or when the simplex is within ``xatol``."""
+    dimensions; stops once it has spent ``max_evals`` evaluations (a shrink may finish its n more)
+    or when the simplex is within ``xatol``."""
     n = len(x0)
     if n > 3:
         expand, contract, shrink = 1 + 2 / n, 0.75 - 1 / (2 * n), 1 - 1 / n
@@ -328,27 +352,47 @@ def golden_section(
 
 
 def _direct(
-    problem: _Problem, init: Tensor, max_evals: int, progress: bool
+    problem: _Problem, fixed: dict[str, tuple[float, float]], max_evals: int, progress: bool
 ) -> tuple[Tensor, dict[str, float]]:
-    """Nelder-Mead on the logits from the best fixed grid (fixed initial simplex: deterministic)."""
-    x0 = problem.logits(init)
-    if len(x0) == 0:  # steps == 2: no interior level to move
-        return init, {}
+    """Coarse to fine: with a free last level, first each fixed grid's range [sigma_last, sigma_max]
+    by golden section in log sigma_last (:data:`_RANGE_EVALS` evaluations each, at most half of
+    ``max_evals`` in all); then Nelder-Mead on all levels from the best of these (fixed initial
+    simplex: deterministic) with the rest of the budget. The result is never worse on the
+    calibration batch than the best fixed grid."""
     bar = _progress(max_evals, f"direct {problem.name} {problem.steps} steps", progress)
-    best = [math.inf]
+    best, evals = math.inf, 0
 
-    def objective(z: np.ndarray) -> float:
-        value = problem.error(problem.grid(z))
-        best[0] = min(best[0], value)
+    def error(sigmas: Tensor) -> float:
+        nonlocal best, evals
+        value = problem.error(sigmas)
+        best, evals = min(best, value), evals + 1
         bar.update(1)
-        bar.set_postfix(best=f"{best[0]:.3e}", refresh=False)
+        bar.set_postfix(best=f"{best:.3e}", refresh=False)
         return value
 
-    z, value, evals = nelder_mead(objective, x0, 0.5, max_evals, 1e-4)
+    def ranged(name: str, r: float) -> Tensor:
+        last = math.exp(problem.lo + r * (problem.hi - problem.lo)) if r > 0 else problem.sigma_min
+        return _grids.get(name)(problem.steps, last, problem.sigma_max)
+
+    starts = [(fixed[name][0], _grids.get(name)(problem.steps, problem.sigma_min,
+               problem.sigma_max)) for name in FIXED_GRIDS]  # fmt: skip
+    per_grid = min(_RANGE_EVALS, max_evals // (2 * len(FIXED_GRIDS)))  # at most half the budget
+    if problem.free_last and per_grid >= 2:
+        for name in FIXED_GRIDS:
+            r, value = golden_section(
+                lambda r, name=name: error(ranged(name, r)), 0.0, 0.9, per_grid
+            )
+            starts.append((value, ranged(name, r)))
+    value, init = min(starts, key=lambda start: start[0])
+    x0 = problem.logits(init)
+    if len(x0) and max_evals > evals:
+        z, found, _ = nelder_mead(
+            lambda z: error(problem.grid(z)), x0, 0.5, max_evals - evals, 1e-4
+        )
+        if found < value:  # else grid(logits(init)) may differ from init by rounding
+            init = problem.grid(z)
     bar.close()
-    if problem.error(init) < value:  # grid(logits(init)) may differ from init by rounding
-        return init, {"evaluations": float(evals)}
-    return problem.grid(z), {"evaluations": float(evals)}
+    return init, {"evaluations": float(evals)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -488,7 +532,9 @@ def optimize(
     worse than it on the calibration batch.
     """
     _check_method(method)
-    allowed = {"direct": {"max_evals"}, "ays": {"sweeps", "candidates", "samples"}}[method]
+    allowed = {"direct": {"max_evals", "free_last"}, "ays": {"sweeps", "candidates", "samples"}}[
+        method
+    ]
     for key in options:
         check_name(f"option for method {method!r}", key, allowed)
     problem = _Problem(
@@ -499,8 +545,9 @@ def optimize(
     best_fixed = min(fixed, key=lambda k: fixed[k][0])
     init = _grids.get(best_fixed)(problem.steps, problem.sigma_min, problem.sigma_max)
     if method == "direct":
+        problem.free_last = bool(options.get("free_last", True))
         max_evals = int(options.get("max_evals", max(200, 60 * (problem.steps - 2))))
-        sigmas, params = _direct(problem, init, max_evals, progress)
+        sigmas, params = _direct(problem, fixed, max_evals, progress)
     else:
         sigmas, params = _ays(
             problem,
