@@ -323,8 +323,8 @@ class Model:
                 "schedule": schedule if isinstance(schedule, str) else "explicit",
                 "steps": len(sigmas) - 1,
                 "guidance": scale,
-                "guidance_rule": guidance if hasattr(guidance, "identity") else None,
                 "seed": seed,
+                **({"guidance_rule": guidance} if hasattr(guidance, "identity") else {}),
             },
         )
 
