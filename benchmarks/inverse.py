@@ -3,7 +3,7 @@ NFE and particle counts (DPS's bias included), then MNIST inpainting and 4x supe
 shipped model as the prior.
 
     python benchmarks/inverse.py --quick          # ~6 min on 2 busy cores: MNIST at 25 NFE
-    python benchmarks/inverse.py                  # ~15 min: 200 NFE on the mixture, MNIST at 50
+    python benchmarks/inverse.py                  # ~18 min: 200 NFE on the mixture, MNIST at 50
     python benchmarks/inverse.py --skip-mnist     # the exact-mixture tables only
 
 Exact-mixture part: difflab.testing.projection_problem() (also the problem of tests/test_inverse.py):
