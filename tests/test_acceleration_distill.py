@@ -196,3 +196,24 @@ def test_cli_reflow_of_the_shipped_moons_model(tmp_path, capsys):
     config.write_text('[teacher]\nmodel = "moons"\n[method]\nname = "progressive"\n')
     assert main(["distill", "--config", str(config)]) == 2
     assert "finite sigma_max" in capsys.readouterr().err
+
+
+def test_consistency_sampler_denoises_then_renoises():
+    """x0 = f(x, s_i), x = x0 + s_{i+1} z with each sample's own generator; the last x0 is the
+    sample; with an exact consistency function (the exact flow to 0) one step is the flow itself."""
+
+    def f(x, sigma, **cond):
+        return MIXTURE.ode(x.double(), sigma.double(), 0.0).x.to(x.dtype)
+
+    sigmas = consistency_grid(3, SIGMA_MIN, SIGMA_MAX)
+    x = SIGMA_MAX * _noise(16)
+    out = sampling.get("consistency")(f, x, sigmas, generator=sampling.generators(0, 16))
+    gens = sampling.generators(0, 16)
+    manual = x
+    for i in range(3):
+        x0 = f(manual, sigmas[i].expand(16).float())
+        manual = x0 + float(sigmas[i + 1]) * sampling.randn((16, 2), gens) if i < 2 else x0
+    torch.testing.assert_close(out, manual)
+    one = sampling.get("consistency")(f, x, consistency_grid(1, SIGMA_MIN, SIGMA_MAX))
+    torch.testing.assert_close(one, MIXTURE.ode(x.double(), SIGMA_MAX, 0.0).x.float())
+    assert sampling.info("consistency").nfe(3) == 3

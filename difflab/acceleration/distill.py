@@ -49,6 +49,7 @@ from difflab.acceleration.reflow import reflow_loss, reflow_pairs
 from difflab.acceleration.teacher import SOLVERS
 from difflab.core.tensors import check_name, unknown_name
 from difflab.data import Dataset
+from difflab.training import distributed as dist
 from difflab.training.checkpoint import latest_checkpoint, load_checkpoint, restore, save_checkpoint
 from difflab.training.config import merge_defaults
 from difflab.training.ema import EMA
@@ -182,8 +183,8 @@ class DistillTrainer:
         if run["threads"]:
             torch.set_num_threads(int(run["threads"]))
         self.run_dir = Path(run_dir or Path(run["out"]) / run["name"])
-        self.teacher, self.student, self.objective = teacher, student, objective
-        self.original_teacher = teacher
+        self.device = dist.device()  # CUDA when there is one (the teacher should be there too)
+        self.teacher, self.student, self.objective = teacher, student.to(self.device), objective
         self.data, self.progress, self.export = data, progress, export
         self.shape = tuple(data.shape if shape is None and data is not None else shape or ())
         if not self.shape:
@@ -231,13 +232,19 @@ class DistillTrainer:
     def _pairs(self) -> tuple[Tensor, Tensor, Tensor | None]:
         """Reflow's coupling (z, T(z), labels), made once and kept in the run folder."""
         path = self.run_dir / "pairs.safetensors"
-        if path.exists():
-            t = load_weights(path)
-            return t["z"], t["x0"], t.get("labels")
         t_cfg, n = self.config["teacher"], self.method["pairs"]
+        if path.exists():
+            t = load_weights(path, self.device)
+            if len(t["z"]) != n:
+                raise ValueError(
+                    f"{path} holds {len(t['z'])} pairs but method.pairs is {n}: delete it to make "
+                    "new pairs, or start a new run folder"
+                )
+            return t["z"], t["x0"], t.get("labels")
         g = torch.Generator().manual_seed(self.config["run"]["seed"] + 3)
-        z = torch.randn((n, *self.shape), generator=g)
+        z = torch.randn((n, *self.shape), generator=g).to(self.device)
         labels = torch.randint(self.num_classes, (n,), generator=g) if self.num_classes else None
+        labels = None if labels is None else labels.to(self.device)
         sigmas = self._teacher_sampling_grid()
         x0 = []
         for lo in range(0, n, self.method["pair_batch"]):
@@ -247,7 +254,7 @@ class DistillTrainer:
         x0 = torch.cat(x0)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         tensors = {"z": z, "x0": x0} | ({} if labels is None else {"labels": labels})
-        save_weights(path, tensors)
+        save_weights(path, {k: v.cpu() for k, v in tensors.items()})
         return z, x0, labels
 
     def _teacher_sampling_grid(self) -> Tensor:
@@ -266,7 +273,8 @@ class DistillTrainer:
             z, x0, labels = self.pairs
             return x0[idx], None if labels is None else labels[idx], z[idx]
         x0, labels = self.data[idx]
-        return x0, labels if self.num_classes else None, None
+        labels = labels.to(self.device) if self.num_classes else None
+        return x0.to(self.device), labels, None
 
     def losses(self) -> Tensor:
         """The per-sample losses of one batch (all draws from the run's generator)."""
@@ -279,9 +287,9 @@ class DistillTrainer:
         if self.name == "progressive":
             grid = self._teacher_grid()
             i = 2 * torch.randint((len(grid) - 1) // 2, (b,), generator=g)
-            s, s_mid, s_next = (grid[i + k].to(x0.dtype) for k in range(3))
+            s, s_mid, s_next = (grid[i + k].to(x0) for k in range(3))
             s_x = s.view(-1, *([1] * (x0.ndim - 1)))
-            x = x0 + s_x * torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+            x = x0 + s_x * torch.randn(x0.shape, generator=g, dtype=x0.dtype).to(x0.device)
             first = self.phase_teacher is None
             teacher = self.teacher if first else self.objective.denoiser(self.phase_teacher)
             solver = self.config["teacher"]["solver"] if first else "euler"
@@ -299,14 +307,14 @@ class DistillTrainer:
             n, teacher = m["levels"], self.teacher
         levels = consistency_levels(n, self.sigma_min, self.sigma_max)
         s, s_next = draw_levels(levels, b, g, m["distribution"])
-        z = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+        z = torch.randn(x0.shape, generator=g, dtype=x0.dtype).to(x0.device)
         solver = self.config["teacher"]["solver"]
         return consistency_loss(
             student,
             x0,
             z,
-            s.to(x0.dtype),
-            s_next.to(x0.dtype),
+            s.to(x0),
+            s_next.to(x0),
             teacher,
             solver,
             m["metric"],

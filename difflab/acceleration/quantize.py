@@ -43,7 +43,12 @@ MODES = ("static", "dynamic", "none")
 @contextmanager
 def _ao() -> Iterator[Any]:
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated.*")
+        for message in (
+            "torch.ao.quantization is deprecated",
+            "torch.quantize_per",
+            "reduce_range",
+        ):
+            warnings.filterwarnings("ignore", message=f".*{message}.*")
         import torch.ao.quantization as tq
 
         yield tq

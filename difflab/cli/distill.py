@@ -44,13 +44,14 @@ def run(args: argparse.Namespace) -> None:
     from difflab.acceleration.distill import DEFAULTS, DistillTrainer, full_config
     from difflab.guidance import classifier_free
     from difflab.pretrained import load, save_model
+    from difflab.training import distributed as dist
     from difflab.training.config import load_config
     from difflab.training.objectives import Objective
 
     with user_errors():
         config = full_config(load_config(args.config, args.overrides, DEFAULTS, ("method", "data")))
         teacher_cfg, run_cfg = config["teacher"], config["run"]
-        model = load(teacher_cfg["model"])
+        model = load(teacher_cfg["model"]).to(dist.device())
         guidance = float(teacher_cfg["guidance"])
         if guidance != 1 and not model.has_null_class:
             raise CliError(
