@@ -22,6 +22,7 @@ from difflab.guidance import (
     classifier_free,
     classifier_guidance,
     composable,
+    load_noisy_classifier,
     perturbed_attention,
     renoise,
     reward_guidance,
@@ -458,7 +459,39 @@ def test_every_guided_denoiser_works_with_every_sampler(gmm, sampler):
         assert len(calls) == sampling.info(sampler).nfe(steps), name
 
 
-# ---------------------------------------------------------------------- errors
+# ---------------------------------------------------------------------- the shipped classifier, errors
+
+
+def test_shipped_noisy_classifier_is_noise_conditional_and_accurate():
+    from difflab import data
+
+    clf = load_noisy_classifier()
+    test = data.load("mnist", "test")
+    x0, y = test.x[:200], test.labels[:200]
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        noisy = x0 + 0.5 * torch.randn(x0.shape, generator=g)
+        logits = clf(noisy, torch.full((200,), 0.5))
+        assert logits.shape == (200, 10)
+        assert float((logits.argmax(1) == y).double().mean()) > 0.95
+        # the same images read differently at another noise level: it is noise-conditional
+        assert (clf(noisy, 5.0) - logits).abs().max() > 0.1
+        # at very high noise it falls back towards the class prior: near-uniform
+        far = clf(x0 + 80 * torch.randn(x0.shape, generator=g), 80.0).softmax(1)
+        assert float(far.max(1).values.mean()) < 0.5
+    assert not any(p.requires_grad for p in clf.parameters())
+    # guidance with it pulls the unconditional denoiser towards the class: p(c | D_s) rises with s
+    with torch.no_grad():
+        xs = x0[:20] + 2.0 * torch.randn(x0[:20].shape, generator=g)
+        blur = lambda x, s, **c: x / (1 + s**2 / 0.25)  # noqa: E731  (Gaussian data's denoiser)
+        p_c = [
+            clf(classifier_guidance(blur, clf, s)(xs, 2.0, labels=y[:20]), 0.002)
+            .softmax(1)
+            .gather(1, y[:20, None])
+            .mean()
+            for s in (0.0, 1.0)
+        ]
+    assert p_c[1] > p_c[0] + 0.1
 
 
 def test_bad_guidance_settings_are_named():

@@ -54,7 +54,8 @@ class _Block(nn.Module):
 class NoisyClassifier(nn.Module):
     """logits(x, sigma) [B, classes]: input c_in x, c_in = 1/sqrt(sigma^2 + sigma_data^2) (Karras et
     al. 2022; x itself at sigma = inf, where it holds the unit noise), noise level log(sigma)/4 as
-    Fourier features and FiLM in every conv block, then a linear classifier of the flattened map."""
+    Fourier features and FiLM in every conv block, then a linear classifier of the flattened map.
+    Noise levels outside the training range SIGMA_RANGE are embedded as its nearer end."""
 
     def __init__(
         self,
@@ -87,7 +88,7 @@ class NoisyClassifier(nn.Module):
         s = as_tensor(sigma).to(device=x.device, dtype=x.dtype).expand(x.shape[0])
         scale = torch.rsqrt(s.square() + self.sigma_data**2)[:, None, None, None]
         h = torch.where(torch.isinf(s)[:, None, None, None], x, scale * x)
-        emb = self.embed(s.clamp(1e-4, 1e4).log() / 4)
+        emb = self.embed(s.clamp(*SIGMA_RANGE).log() / 4)  # the trained range
         for block in self.blocks:
             h = block(h, emb)
         return self.head(h.flatten(1))
