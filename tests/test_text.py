@@ -224,7 +224,7 @@ def test_first_hitting_and_ancestral_sample_the_exact_distribution():
     table = JointTable.random(3, 3, sharpness=2.0, seed=3)
     n = 4000
     fhs = sample_counts(table, "first_hitting", n, None)
-    anc = sample_counts(table, "ancestral", n, 200, seed=1)
+    anc = sample_counts(table, "ancestral", n, 1000, seed=1)
     assert chi2_p(fhs, table.probs) > 1e-3
     assert chi2_p(anc, table.probs) > 1e-3
     both = torch.stack([fhs, anc])
@@ -495,3 +495,43 @@ def test_metrics_bits_and_generative_perplexity(tmp_path):
         generative_perplexity(masked, x)
     with pytest.raises(ValueError, match="autoregressive model; sampling needs"):
         ar.generate(2)
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"), [("shakespeare", "masked"), ("shakespeare_ar", "autoregressive")]
+)
+def test_shipped_models_load_small_and_say_how_they_were_trained(name, kind):
+    model = load(name)
+    folder = model.folder
+    assert model.kind == kind and model.context == 256 and model.vocab_size == 65
+    assert sum(f.stat().st_size for f in folder.iterdir()) <= 10 * 2**20
+    assert model.config["training"]["command"].startswith(
+        "difflab text train --config configs/text_shakespeare"
+    )
+    val, _ = shakespeare("val")
+    bits, _ = bits_per_token(model, val.windows(256)[:4])
+    assert bits < 3.5  # uniform over the 65 characters is 6.02 bits
+
+
+def test_cli_samples_the_shipped_model(tmp_path):
+    out = tmp_path / "samples.txt"
+    args = ["--model", "shakespeare", "--sampler", "first_hitting", "--steps", "16", "--n", "2"]
+    assert main(["text", "sample", *args, "--length", "64", "--seed", "0", "--out", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert len(lines) == 2 and all(len(unescape(line)) == 64 for line in lines)
+
+
+def test_rotary_attention_scores_depend_only_on_the_offset():
+    from difflab.models.attention import rotate
+
+    g = torch.Generator().manual_seed(0)
+    q, k = (
+        torch.randn(1, 8, generator=g, dtype=torch.float64),
+        torch.randn(1, 8, generator=g, dtype=torch.float64),
+    )
+    rq, rk = rotate(q.expand(20, -1)), rotate(k.expand(20, -1))
+    scores = rq @ rk.T  # scores[i, j] = <R_i q, R_j k>
+    for offset in (0, 3, -5):
+        diagonal = torch.diagonal(scores, offset)
+        assert torch.allclose(diagonal, diagonal[0].expand_as(diagonal), atol=1e-12)
+    assert not torch.allclose(torch.diagonal(scores, 1)[0], torch.diagonal(scores, 2)[0])

@@ -106,9 +106,7 @@ def run_sample(args: argparse.Namespace) -> None:
         if args.inner == "semi_ar":
             raise CliError("--inner cannot be semi_ar")
         lookup(samplers.get, args.inner)
-    options: dict[str, Any] = {"temperature": args.temperature}
-    if sampler != "semi_ar":
-        options["dtype"] = getattr(torch, args.dtype)
+    options: dict[str, Any] = {"temperature": args.temperature, "dtype": getattr(torch, args.dtype)}
     if args.schedule is not None:
         options["schedule"] = args.schedule
     options |= {k: v for k, v in (("block", args.block), ("inner", args.inner)) if v is not None}

@@ -11,26 +11,43 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from difflab.core.tensors import check_name
 
-__all__ = ["Attention", "attention_layers", "identity_attention"]
+__all__ = ["Attention", "attention_layers", "identity_attention", "rotate"]
+
+
+def rotate(x: Tensor, base: float = 10000.0) -> Tensor:
+    """Rotary position embedding of x [..., N, D]: pairs (x_i, x_{i+D/2}) of token n rotated by the
+    angle n base^(-2i/D), so that q.k depends on positions only through their offset (RoPE, Su et
+    al. 2021)."""
+    n, d = x.shape[-2], x.shape[-1]
+    freq = base ** (-torch.arange(0, d // 2, dtype=torch.float32, device=x.device) * 2 / d)
+    angle = torch.arange(n, dtype=torch.float32, device=x.device)[:, None] * freq
+    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    x1, x2 = x[..., : d // 2], x[..., d // 2 :]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
 class Attention(nn.Module):
     """softmax(Q K^T / sqrt(d)) V W_o over tokens [B, N, C] (Vaswani et al. 2017); ``causal``: token
-    i attends to tokens j <= i only (autoregressive models).
+    i attends to tokens j <= i only (autoregressive models); ``rotary``: q and k carry rotary
+    position embeddings (:func:`rotate`).
 
     With ``identity = True`` the attention map is the identity: the output is V W_o (Ahn et al. 2024).
     """
 
-    def __init__(self, dim: int, heads: int, causal: bool = False) -> None:
+    def __init__(self, dim: int, heads: int, causal: bool = False, rotary: bool = False) -> None:
         super().__init__()
-        if dim % heads:
-            raise ValueError(f"attention width {dim} is not divisible by {heads} heads")
-        self.heads, self.causal = heads, causal
+        if dim % heads or (rotary and (dim // heads) % 2):
+            raise ValueError(
+                f"attention width {dim} is not divisible by {heads} heads"
+                + (" of even width (rotary embeddings)" if rotary else "")
+            )
+        self.heads, self.causal, self.rotary = heads, causal, rotary
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.identity = False
@@ -40,6 +57,8 @@ class Attention(nn.Module):
         if self.identity:
             return self.proj(F.linear(x, self.qkv.weight[2 * c :], self.qkv.bias[2 * c :]))
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        if self.rotary:
+            q, k = rotate(q), rotate(k)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 

@@ -91,7 +91,8 @@ class TokenData:
             )
         self.tokens, self.vocab_size, self.name = tokens, vocab_size, name
 
-    def _check_length(self, length: int) -> None:
+    def check_length(self, length: int) -> None:
+        """Raise a ValueError unless windows (or rows) of ``length`` tokens exist."""
         limit = self.tokens.shape[-1]
         if self.tokens.ndim == 2 and length != limit:
             raise ValueError(f"{self.name} holds rows of length {limit}; asked for length {length}")
@@ -100,7 +101,7 @@ class TokenData:
 
     def batch(self, n: int, length: int, generator: torch.Generator | None = None) -> Tensor:
         """n random windows (or rows) [n, length]."""
-        self._check_length(length)
+        self.check_length(length)
         if self.tokens.ndim == 2:
             return self.tokens[torch.randint(len(self.tokens), (n,), generator=generator)]
         start = torch.randint(len(self.tokens) - length + 1, (n,), generator=generator)
@@ -108,7 +109,7 @@ class TokenData:
 
     def windows(self, length: int) -> Tensor:
         """Every consecutive non-overlapping window [N // length, length] (the rows themselves)."""
-        self._check_length(length)
+        self.check_length(length)
         if self.tokens.ndim == 2:
             return self.tokens
         n = len(self.tokens) // length

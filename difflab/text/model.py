@@ -144,7 +144,11 @@ class TextModel:
 
     @property
     def name(self) -> str:
-        return self.folder.name if self.folder is not None else "model"
+        """The folder's name ("shakespeare"), its run's for ``<run>/model``, or "model"."""
+        if self.folder is None:
+            return "model"
+        folder = self.folder.resolve()
+        return folder.parent.name if folder.name == "model" else folder.name
 
     @property
     def context(self) -> int:

@@ -108,7 +108,7 @@ class TextTrainer:
             vocab_size=self.data.vocab_size, causal=self.kind == "autoregressive", **options
         )
         self.context = self.net.context
-        self.data._check_length(self.context)
+        self.data.check_length(self.context)
         self.ema = EMA(self.net, **config["ema"])
         self.optimizer = torch.optim.AdamW(
             self.net.parameters(),

@@ -26,7 +26,7 @@ class Block(nn.Module):
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads, causal=causal)
+        self.attn = Attention(dim, heads, causal=causal, rotary=True)
         self.norm2 = nn.LayerNorm(dim)
         inner = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, inner), nn.GELU(), nn.Linear(inner, dim))
@@ -38,8 +38,9 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """Token + learned position embeddings, ``depth`` pre-LN blocks, LayerNorm, linear head to V
-    logits (the extra input id V is never predicted). ``causal`` makes position i see positions
+    """Token embeddings, ``depth`` pre-LN blocks whose attention carries rotary position embeddings
+    (Su et al. 2021; MDLM's backbone uses them too: a bidirectional model learns relative positions
+    far faster than from learned absolute ones), LayerNorm, linear head to V logits (the extra input id V is never predicted). ``causal`` makes position i see positions
     <= i only; ``config`` rebuilds the same network: ``Transformer(**net.config)``."""
 
     def __init__(
@@ -70,7 +71,6 @@ class Transformer(nn.Module):
         }
         self.vocab_size, self.context, self.causal = vocab_size, context, causal
         self.embed = nn.Embedding(vocab_size + 1, dim)
-        self.pos = nn.Parameter(torch.zeros(context, dim))
         self.blocks = nn.ModuleList(
             Block(dim, heads, mlp_ratio, dropout, causal) for _ in range(depth)
         )
@@ -81,7 +81,6 @@ class Transformer(nn.Module):
                 nn.init.normal_(m.weight, std=0.02)
             if isinstance(m, nn.Linear):
                 nn.init.zeros_(m.bias)
-        nn.init.normal_(self.pos, std=0.02)
 
     @property
     def special_id(self) -> int:
@@ -98,7 +97,7 @@ class Transformer(nn.Module):
             raise ValueError(
                 f"sequence length {tokens.shape[1]} exceeds the transformer's context {self.context}"
             )
-        h = self.embed(tokens) + self.pos[: tokens.shape[1]]
+        h = self.embed(tokens)
         for block in self.blocks:
             h = block(h)
         return self.head(self.norm(h))
