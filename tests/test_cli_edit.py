@@ -33,6 +33,13 @@ def test_edit_writes_input_reconstruction_and_edit(digit, tmp_path, capsys, meth
     assert image.shape[1] > 3 * 140  # three enlarged panels side by side
 
 
+def test_the_source_label_defaults_to_the_classifiers(digit, tmp_path, capsys):
+    out = tmp_path / "edited.png"
+    args = ["edit", "--input", str(digit), "--to-label", "1", "--method", "bdia", "--steps", "2"]
+    assert main([*args, "--guidance", "1", "--out", str(out)]) == 0
+    assert "label 7 (MNIST classifier) -> 1" in capsys.readouterr().out
+
+
 def _write(path, array):
     Image.fromarray(array).save(path)
     return str(path)

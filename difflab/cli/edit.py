@@ -31,9 +31,10 @@ def add(commands: Any) -> None:
     e.add_argument(
         "--from-label",
         type=int,
-        default=-1,
-        help="the input's class, used for inversion and reconstruction (default -1: the "
-        "unconditional null class)",
+        default=None,
+        help="the input's class, used for inversion and reconstruction; -1 is the unconditional "
+        "null class (default: the shipped MNIST classifier's prediction for an MNIST model, "
+        "else -1)",
     )
     e.add_argument(
         "--method",
@@ -46,8 +47,8 @@ def add(commands: Any) -> None:
         "--guidance",
         type=float,
         default=None,
-        help="classifier-free guidance scale (default: the model's for null_text, direct and "
-        "sdedit, 1 for the others)",
+        help="classifier-free guidance scale, for inversion and sampling alike (default: the "
+        "model's sampling guidance)",
     )
     e.add_argument(
         "--strength",
@@ -106,6 +107,17 @@ def _check_args(args: argparse.Namespace, methods: list[str]) -> None:
         raise CliError(f"--strength must be in (0, 1], got {args.strength}")
 
 
+def _classify(x: Any, model: Any) -> int:
+    """The input's class by the shipped MNIST classifier for a 10-class MNIST model, else -1."""
+    from difflab.metrics import mnist_features
+
+    if model.shape != (1, 28, 28) or model.num_classes != 10:
+        return -1
+    if not str(model.config["data"].get("name", "")).startswith("mnist"):
+        return -1
+    return int(mnist_features(x)[1].argmax(1)[0])
+
+
 def _check_labels(args: argparse.Namespace, model: Any) -> None:
     classes = model.num_classes
     if classes == 0:
@@ -114,7 +126,7 @@ def _check_labels(args: argparse.Namespace, model: Any) -> None:
         raise CliError(
             f"--to-label {args.to_label} is outside {model.name}'s classes 0-{classes - 1}"
         )
-    if not -1 <= args.from_label < classes:
+    if args.from_label is not None and not -1 <= args.from_label < classes:
         raise CliError(
             f"--from-label {args.from_label} is outside {model.name}'s classes 0-{classes - 1} "
             "(or -1, the null class)"
@@ -136,10 +148,12 @@ def run(args: argparse.Namespace) -> None:
         raise CliError(f"{model.name} makes vectors of shape {list(model.shape)}, not images")
     _check_labels(args, model)
     x = read_image(args.input, model.shape, model.name)
-    cfg_method = args.method in ("null_text", "direct", SDEDIT)
+    guessed = args.from_label is None
+    if guessed:
+        args.from_label = _classify(x, model)
     guidance = args.guidance
     if guidance is None:
-        guidance = float(model.defaults["guidance"]) if cfg_method else 1.0
+        guidance = float(model.defaults["guidance"]) if model.has_null_class else 1.0
     uses_null = guidance != 1 or args.from_label == -1
     if uses_null and not model.has_null_class:
         raise CliError(
@@ -178,7 +192,8 @@ def run(args: argparse.Namespace) -> None:
     _write(out, [x, recon, edited], args, model)
     print(
         f"{model.name}: {args.method}, {args.steps} steps, guidance {guidance:g}: label "
-        f"{args.from_label} -> {args.to_label}; reconstruction RMS error {error:.2e} "
+        f"{args.from_label}{' (MNIST classifier)' if guessed else ''} -> {args.to_label}; "
+        f"reconstruction RMS error {error:.2e} "
         "(images in [-1, 1])"
     )
     print(f"wrote {out}")

@@ -33,7 +33,7 @@ def null_text(
     sigmas: list[float],
     *,
     iterations: int = 10,
-    lr: float = 1e-2,
+    lr: float = 0.1,
     refine: int = 0,
 ) -> Latent:
     """Null-text inversion: per step, null_i = argmin |x*_{i+1} - DDIM_w(x_i, null)|^2 by Adam from
@@ -43,7 +43,11 @@ def null_text(
     step with D_w. Every floating-point tensor of the ``null`` condition is optimized, one copy per
     sample (the loss is a sum of per-sample losses, so samples do not interact); integer entries
     pass through. ``iterations`` is fixed (the paper's early stop at a loss threshold would make
-    a sample's result depend on its batch). Not exact: the residual is what the optimization leaves.
+    a sample's result depend on its batch). Adam moves each element by about ``lr`` per
+    iteration, so lr should match the null input's per-element scale: the paper's 1e-2 barely
+    moves difflab's MNIST class embedding (elements ~1; round-trip error 0.165 -> 0.138 in 10
+    iterations at w = 2, against 0.055 at lr 0.1). Not exact: the residual is what the null
+    input's dimension can reach (128 numbers per step for MNIST's 784 pixels).
     """
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
         raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}")
