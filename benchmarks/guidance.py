@@ -54,6 +54,10 @@ class Guides:
     def classifier(self) -> Any:
         return G.load_noisy_classifier()
 
+    def unconditional(self, x: Tensor, sigma: Tensor, labels: Tensor) -> Tensor:
+        """The null-label model, the base of classifier and reward guidance."""
+        return self.model.denoiser(x, sigma)
+
     def log_p(self, x0: Tensor, labels: Tensor) -> Tensor:
         """The reward r(x0) = log p(c | x0) under the noisy classifier at sigma = 0.002."""
         return self.classifier(x0, 0.002).log_softmax(1).gather(1, labels[:, None])[:, 0]
@@ -69,6 +73,7 @@ def rows(g: Guides, quick: bool) -> list[tuple[str, str, str, Builder]]:
     d = g.model.denoiser
     full = [
         ("none", "w = 1", "dpmpp_2m", lambda s: d),
+        ("none", "null label (unconditional)", "dpmpp_2m", lambda s: g.unconditional),
         ("CFG", "w = 2", "dpmpp_2m", lambda s: G.classifier_free(d, 2.0)),
         ("CFG", "w = 4", "dpmpp_2m", lambda s: G.classifier_free(d, 4.0)),
         (
@@ -112,27 +117,27 @@ def rows(g: Guides, quick: bool) -> list[tuple[str, str, str, Builder]]:
         ),
         (
             "classifier",
-            "s = 1, null-label model + grad",
+            "s = 1, null label + grad",
             "dpmpp_2m",
             lambda s: G.classifier_guidance(d, g.classifier, 1.0),
         ),
         (
             "classifier",
-            "s = 3, null-label model + grad",
+            "s = 3, null label + grad",
             "dpmpp_2m",
             lambda s: G.classifier_guidance(d, g.classifier, 3.0),
         ),
         (
-            "reward",
-            "lambda = 1, log p(c | x0), null-label + grad",
+            "classifier",
+            "s = 6, null label + grad",
             "dpmpp_2m",
-            lambda s: G.reward_guidance(d, g.log_p, 1.0, conditional=False),
+            lambda s: G.classifier_guidance(d, g.classifier, 6.0),
         ),
         (
             "reward",
-            "lambda = 3, log p(c | x0), null-label + grad",
+            "lambda = 2, r = log p(c; x0), null label + grad",
             "dpmpp_2m",
-            lambda s: G.reward_guidance(d, g.log_p, 3.0, conditional=False),
+            lambda s: G.reward_guidance(d, g.log_p, 2.0, conditional=False),
         ),
     ]
     if quick:  # one row per method
