@@ -585,5 +585,5 @@ def test_tensorboard_gets_every_logged_number(tmp_path):
 
     train(mlp_config(run={"tensorboard": False}), run_dir=tmp_path / "off", progress=False)
     assert not (tmp_path / "off" / "tensorboard").exists()
-    with pytest.raises(ValueError, match='run.tensorboard must be "auto", true or false'):
+    with pytest.raises(ValueError, match=r'run\.tensorboard must be "auto", true or false'):
         train(mlp_config(run={"tensorboard": "yes"}), run_dir=tmp_path / "bad", progress=False)
