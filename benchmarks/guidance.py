@@ -102,6 +102,7 @@ def rows(g: Guides, quick: bool) -> list[tuple[str, str, str, Builder]]:
         ),
         ("CFG", "w = 2", "euler", lambda s: G.classifier_free(d, 2.0)),
         ("CFG++", "lambda = 0.4", "euler", lambda s: G.cfg_pp(d, 0.4, s)),
+        ("CFG++", "lambda = 1", "euler", lambda s: G.cfg_pp(d, 1.0, s)),
         ("AND/NOT", "c (w 2) AND NOT c+1 (w -1)", "dpmpp_2m", lambda s: g.not_next(2.0)),
         (
             "autoguidance",
