@@ -498,9 +498,10 @@ def test_metrics_bits_and_generative_perplexity(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("name", "kind"), [("shakespeare", "masked"), ("shakespeare_ar", "autoregressive")]
+    ("name", "kind", "bound"),
+    [("shakespeare", "masked", 4.4), ("shakespeare_ar", "autoregressive", 3.0)],
 )
-def test_shipped_models_load_small_and_say_how_they_were_trained(name, kind):
+def test_shipped_models_load_small_and_say_how_they_were_trained(name, kind, bound):
     model = load(name)
     folder = model.folder
     assert model.kind == kind and model.context == 256 and model.vocab_size == 65
@@ -510,7 +511,7 @@ def test_shipped_models_load_small_and_say_how_they_were_trained(name, kind):
     )
     val, _ = shakespeare("val")
     bits, _ = bits_per_token(model, val.windows(256)[:4])
-    assert bits < 3.5  # uniform over the 65 characters is 6.02 bits
+    assert bits < bound  # the characters' unigram entropy is 4.77 bits, uniform 6.02
 
 
 def test_cli_samples_the_shipped_model(tmp_path):
