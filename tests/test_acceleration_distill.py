@@ -62,7 +62,7 @@ def test_progressive_one_step_student_matches_its_four_step_teacher(tmp_path):
     def export(name, net, sample):
         exported[name] = (copy.deepcopy(net), sample)
 
-    trainer = _distill(tmp_path, "progressive", 600, export, start_steps=4, export=[2, 1])
+    trainer = _distill(tmp_path, "progressive", 400, export, start_steps=4, export=[2, 1])
     assert sorted(exported) == ["model_1step", "model_2step"]
     net, sample = exported["model_1step"]
     assert sample["schedule"] == [SIGMA_MAX, 0.0] and sample["sampler_options"] == {
@@ -81,18 +81,18 @@ def test_progressive_one_step_student_matches_its_four_step_teacher(tmp_path):
     print(
         f"progressive: 1-step student vs 4-step teacher {error:.4f} (teacher's 1 step {baseline:.4f})"
     )
-    assert error < 0.06 and error < 0.1 * baseline  # measured 0.0056 and 0.43
+    assert error < 0.06 and error < 0.1 * baseline  # measured 0.0077 and 0.43
 
 
 def test_reflow_one_step_student_matches_the_exact_flow(tmp_path):
-    trainer = _distill(tmp_path, "reflow", 600, pairs=4096)
+    trainer = _distill(tmp_path, "reflow", 400, pairs=4096)
     z = _noise()
     exact = MIXTURE.ode(SIGMA_MAX * z.double(), SIGMA_MAX, 0.0).x
     with torch.no_grad():
         one = OBJECTIVE.denoiser(trainer.ema.model)(SIGMA_MAX * z, torch.tensor(SIGMA_MAX))
     error, baseline = _error(one, exact), _error(MIXTURE(SIGMA_MAX * z.double(), SIGMA_MAX), exact)
     print(f"reflow: 1-step student vs exact flow {error:.4f} (teacher's 1 step {baseline:.4f})")
-    assert error < 0.06 and error < 0.1 * baseline  # measured 0.028 and 0.78
+    assert error < 0.06 and error < 0.1 * baseline  # measured 0.024 and 0.78
 
 
 def test_consistency_distillation_one_step_matches_the_exact_flow(tmp_path):
@@ -110,14 +110,14 @@ def test_consistency_distillation_one_step_matches_the_exact_flow(tmp_path):
 
 
 def test_consistency_training_learns_without_a_teacher(tmp_path):
-    trainer = _distill(tmp_path, "consistency_training", 600, levels_start=4, levels_end=32)
+    trainer = _distill(tmp_path, "consistency_training", 400, levels_start=4, levels_end=32)
     z = _noise()
     exact = MIXTURE.ode(SIGMA_MAX * z.double(), SIGMA_MAX, 0.0).x
     with torch.no_grad():
         one = OBJECTIVE.denoiser(trainer.ema.model)(SIGMA_MAX * z, torch.tensor(SIGMA_MAX))
     error, baseline = _error(one, exact), _error(MIXTURE(SIGMA_MAX * z.double(), SIGMA_MAX), exact)
     print(f"CT: 1-step student vs exact flow {error:.4f} (teacher's 1 step {baseline:.4f})")
-    assert error < 0.7 * baseline
+    assert error < 0.7 * baseline  # measured 0.35 and 0.78
 
 
 def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path):
@@ -200,20 +200,20 @@ def test_cli_reflow_of_the_shipped_moons_model(tmp_path, capsys):
 
 def test_consistency_sampler_denoises_then_renoises():
     """x0 = f(x, s_i), x = x0 + s_{i+1} z with each sample's own generator; the last x0 is the
-    sample; with an exact consistency function (the exact flow to 0) one step is the flow itself."""
+    sample (f here any deterministic map of (x, sigma))."""
 
     def f(x, sigma, **cond):
-        return MIXTURE.ode(x.double(), sigma.double(), 0.0).x.to(x.dtype)
+        return torch.tanh(x / (1 + sigma[:, None])) + cond["labels"][:, None]
 
     sigmas = consistency_grid(3, SIGMA_MIN, SIGMA_MAX)
-    x = SIGMA_MAX * _noise(16)
-    out = sampling.get("consistency")(f, x, sigmas, generator=sampling.generators(0, 16))
-    gens = sampling.generators(0, 16)
-    manual = x
+    x, labels = SIGMA_MAX * _noise(16), torch.arange(16) % 3
+    cond = {"labels": labels}
+    out = sampling.get("consistency")(f, x, sigmas, generator=sampling.generators(0, 16), cond=cond)
+    gens, manual = sampling.generators(0, 16), x
     for i in range(3):
-        x0 = f(manual, sigmas[i].expand(16).float())
+        x0 = f(manual, sigmas[i].expand(16).float(), labels=labels)
         manual = x0 + float(sigmas[i + 1]) * sampling.randn((16, 2), gens) if i < 2 else x0
     torch.testing.assert_close(out, manual)
-    one = sampling.get("consistency")(f, x, consistency_grid(1, SIGMA_MIN, SIGMA_MAX))
-    torch.testing.assert_close(one, MIXTURE.ode(x.double(), SIGMA_MAX, 0.0).x.float())
+    one = sampling.get("consistency")(f, x, consistency_grid(1, SIGMA_MIN, SIGMA_MAX), cond=cond)
+    torch.testing.assert_close(one, f(x, torch.full((16,), SIGMA_MAX), labels=labels))
     assert sampling.info("consistency").nfe(3) == 3
