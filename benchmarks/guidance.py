@@ -4,7 +4,7 @@ for each method, at the same sampler and NFE.
 
     python benchmarks/guidance.py            # n = 500 per row: about 30 min of one CPU core
     python benchmarks/guidance.py --quick    # n = 100, one row per method: checks the script runs
-    python benchmarks/guidance.py --only CFG APG   # some methods only
+    python benchmarks/guidance.py --only CFG APG "PAG | w = 4"   # some methods or rows only
 
 Every row samples the same n labels (cycling 0-9) from the same per-sample noise, with DPM-Solver++(2M)
 on the model's Karras grid (--steps, default 10 = 10 NFE); CFG++ runs on Euler/DDIM, the sampler it is
@@ -100,6 +100,7 @@ def rows(g: Guides, quick: bool) -> list[tuple[str, str, str, Builder]]:
             "dpmpp_2m",
             lambda s: G.classifier_free(d, G.CFGZeroStar(4.0, zero_init=float(s[0]))),
         ),
+        ("none", "w = 1", "euler", lambda s: d),
         ("CFG", "w = 2", "euler", lambda s: G.classifier_free(d, 2.0)),
         ("CFG++", "lambda = 0.4", "euler", lambda s: G.cfg_pp(d, 0.4, s)),
         ("CFG++", "lambda = 1", "euler", lambda s: G.cfg_pp(d, 1.0, s)),
@@ -111,10 +112,22 @@ def rows(g: Guides, quick: bool) -> list[tuple[str, str, str, Builder]]:
             lambda s: G.autoguidance(d, g.weak.denoiser, 2.0),
         ),
         (
+            "autoguidance",
+            "w = 3, weak = mnist_small",
+            "dpmpp_2m",
+            lambda s: G.autoguidance(d, g.weak.denoiser, 3.0),
+        ),
+        (
             "PAG",
             "w = 2 (s = 1), every attention layer",
             "dpmpp_2m",
             lambda s: G.perturbed_attention(d, 2.0),
+        ),
+        (
+            "PAG",
+            "w = 4 (s = 3), every attention layer",
+            "dpmpp_2m",
+            lambda s: G.perturbed_attention(d, 4.0),
         ),
         (
             "classifier",
@@ -153,7 +166,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10, help="grid steps (NFE of dpmpp_2m and euler)")
     p.add_argument("--quick", action="store_true", help="n = 100, one row per method")
     p.add_argument(
-        "--only", nargs="*", default=None, help="run only these methods (names as printed)"
+        "--only",
+        nargs="*",
+        default=None,
+        help='run only these methods, or rows whose "method | setting | sampler" contains the text',
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -180,7 +196,8 @@ def main() -> None:
     print("| method | setting | sampler | NFE | evals | accuracy | FD | seconds |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for method, setting, sampler, build in rows(guides, args.quick):
-        if args.only and method not in args.only:
+        row = f"{method} | {setting} | {sampler}"
+        if args.only and not any(text == method or text in row for text in args.only):
             continue
         den = build(sigmas)
         images = [0]  # network evaluations of the main and the weak model, every branch counted
