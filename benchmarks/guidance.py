@@ -2,13 +2,14 @@
 classifier of difflab.metrics) and Fréchet distance in its feature space against the MNIST test split,
 for each method, at the same sampler and NFE.
 
-    python benchmarks/guidance.py            # n = 500 per row: about 30 min of one CPU core
+    python benchmarks/guidance.py            # n = 500 per row: about 1.5 h of one free CPU core
+    python benchmarks/guidance.py --n 200    # the run in docs/guidance.md: about 35 min
     python benchmarks/guidance.py --quick    # n = 100, one row per method: checks the script runs
     python benchmarks/guidance.py --only CFG APG "PAG | w = 4"   # some methods or rows only
 
 Every row samples the same n labels (cycling 0-9) from the same per-sample noise, with DPM-Solver++(2M)
 on the model's Karras grid (--steps, default 10 = 10 NFE); CFG++ runs on Euler/DDIM, the sampler it is
-exact for, next to a CFG Euler row. "evals" counts the network evaluations per sample over all
+exact for, next to unguided and CFG Euler rows. "evals" counts the network evaluations per sample over all
 branches (for autoguidance the weak model's too); rows marked "+ grad" also backpropagate every step
 (through the classifier; for reward guidance through the denoiser too).
 Guides: autoguidance's weak model is the shipped ``mnist_small`` (16 instead of 32 channels, trained
