@@ -1,23 +1,24 @@
-"""Guidance methods on the shipped class-conditional MNIST model: class accuracy (the shipped MNIST
-classifier of difflab.metrics) and Fréchet distance in its feature space against the MNIST test split,
-for each method, at the same sampler and NFE.
+"""Guidance methods on the shipped class-conditional MNIST model: class accuracy (the shipped
+MNIST classifier of difflab.metrics) and Fréchet distance in its feature space against the MNIST
+test split, for each method, at the same sampler and NFE.
 
     python benchmarks/guidance.py            # n = 500 per row: about 1.5 h of one free CPU core
     python benchmarks/guidance.py --n 200    # the run in docs/guidance.md: about 35 min
     python benchmarks/guidance.py --quick    # n = 100, one row per method: checks the script runs
     python benchmarks/guidance.py --only CFG APG "PAG | w = 4"   # some methods or rows only
 
-Every row samples the same n labels (cycling 0-9) from the same per-sample noise, with DPM-Solver++(2M)
-on the model's Karras grid (--steps, default 10 = 10 NFE); CFG++ runs on Euler/DDIM, the sampler it is
-exact for, next to unguided and CFG Euler rows. "evals" counts the network evaluations per sample over all
-branches (for autoguidance the weak model's too); rows marked "+ grad" also backpropagate every step
-(through the classifier; for reward guidance through the denoiser too).
+Every row samples the same n labels (cycling 0-9) from the same per-sample noise, with
+DPM-Solver++(2M) on the model's Karras grid (--steps, default 10 = 10 NFE); CFG++ runs on
+Euler/DDIM, the sampler it is exact for, next to unguided and CFG Euler rows. "evals" counts the
+network evaluations per sample over all branches (for autoguidance the weak model's too); rows
+marked "+ grad" also backpropagate every step (through the classifier; for reward guidance through
+the denoiser too).
 Guides: autoguidance's weak model is the shipped ``mnist_small`` (16 instead of 32 channels, trained
-600 instead of 2457 steps); classifier and reward guidance use the shipped noise-conditional classifier
-(difflab/pretrained/mnist_noisy_classifier) on the unconditional (null-label) model, the reward being
-log p(c | x0) under that classifier at sigma = 0.002. Accuracy and FD are judged by a different
-network (difflab.metrics' classifier). The data floor is the Fréchet distance between n test and n
-training images (the finite-n bias shared by every row).
+600 instead of 2457 steps); classifier and reward guidance use the shipped noise-conditional
+classifier (difflab/pretrained/mnist_noisy_classifier) on the unconditional (null-label) model, the
+reward being log p(c | x0) under that classifier at sigma = 0.002. Accuracy and FD are judged by a
+different network (difflab.metrics' classifier). The data floor is the Fréchet distance between n
+test and n training images (the finite-n bias shared by every row).
 """
 
 from __future__ import annotations
@@ -220,10 +221,8 @@ def main() -> None:
         evals = images[0] / args.n
         acc = class_accuracy(x, labels)
         fd = frechet_distance(mnist_features(x)[0], ref)
-        print(
-            f"| {method} | {setting} | {sampler} | {nfe} | {evals:g} | {acc:.3f} | {fd:.2f} | {seconds:.0f} |",
-            flush=True,
-        )
+        cells = f"{nfe} | {evals:g} | {acc:.3f} | {fd:.2f} | {seconds:.0f}"
+        print(f"| {method} | {setting} | {sampler} | {cells} |", flush=True)
 
 
 if __name__ == "__main__":

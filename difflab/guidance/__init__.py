@@ -5,9 +5,9 @@
 
 CFG-like methods are a pair of branches (:func:`classifier_free`, :func:`autoguidance`,
 :func:`perturbed_attention`) combined by a rule (:class:`CFG` with rescale, :class:`APG`,
-:class:`CFGZeroStar`); :func:`composable` joins conditions with AND / NOT; :func:`cfg_pp` renoises
-with the unconditional eps (:func:`renoise`); :func:`classifier_guidance` and :func:`reward_guidance`
-add a gradient. Formulas, citations and the exact-mixture evidence: docs/guidance.md.
+:class:`CFGZeroStar`); :func:`composable` joins conditions with AND / NOT; :func:`cfg_pp`
+renoises with the unconditional eps (:func:`renoise`); :func:`classifier_guidance` and
+:func:`reward_guidance` add a gradient. Formulas, citations and the exact-mixture evidence: docs/guidance.md.
 """
 
 from difflab.guidance.cfg import classifier_free, composable

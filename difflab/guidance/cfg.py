@@ -1,5 +1,6 @@
 """Classifier-free guidance and composable conditions as denoiser transformations: one network,
-evaluated with and without its class label in one batch (the null label -1 is the unconditional model)."""
+evaluated with and without its class label in one batch (the null label -1 is the unconditional
+model)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ def classifier_free(
     sigma_interval: tuple[float, float] | None = None,
     null_label: int = -1,
 ) -> Denoiser:
-    """D_w(x, sigma, labels) = D(x, sigma) + w (D(x, sigma, labels) - D(x, sigma)) with the null label
-    for D(x, sigma) (Ho & Salimans 2022), or any rule of :mod:`difflab.guidance.rules` (rescale, APG,
+    """D_w(x, sigma, labels) = D(x, sigma) + w (D(x, sigma, labels) - D(x, sigma)) with the null
+    label for D(x, sigma) (Ho & Salimans 2022), or any rule of :mod:`difflab.guidance.rules` (rescale, APG,
     CFG-Zero*) on that pair; guiding only for sigma inside ``sigma_interval`` when given
     (Kynkäänniemi et al. 2024). Both evaluations run as one batch of 2B; without labels the
     denoiser runs unguided."""
