@@ -5,14 +5,16 @@ and consistency distillation: the exact probability-flow ODE), resumed runs are 
 
 import copy
 import json
+import math
 
 import pytest
 import torch
 
 import difflab
 from difflab import models, sampling
-from difflab.acceleration import DistillTrainer, consistency_grid, full_config, ode_step
+from difflab.acceleration import DistillTrainer, few_step_grid, full_config, ode_step
 from difflab.cli import main
+from difflab.core import processes
 from difflab.data import Dataset
 from difflab.testing import GaussianMixture
 from difflab.training.objectives import Objective
@@ -106,7 +108,8 @@ def test_consistency_distillation_one_step_matches_the_exact_flow(tmp_path):
     assert error < 0.2 and error < 0.3 * baseline  # measured 0.16 and 0.78
     settings = trainer.sample_settings()
     assert settings["sampler"] == "consistency"
-    assert settings["schedule"] == consistency_grid(2, SIGMA_MIN, SIGMA_MAX).tolist()
+    assert settings["schedule"] == few_step_grid(2, SIGMA_MIN, SIGMA_MAX).tolist()
+    assert settings["schedule"] == [SIGMA_MAX, pytest.approx(2.5152, abs=1e-4), 0.0]
 
 
 def test_consistency_training_learns_without_a_teacher(tmp_path):
@@ -205,7 +208,7 @@ def test_consistency_sampler_denoises_then_renoises():
     def f(x, sigma, **cond):
         return torch.tanh(x / (1 + sigma[:, None])) + cond["labels"][:, None]
 
-    sigmas = consistency_grid(3, SIGMA_MIN, SIGMA_MAX)
+    sigmas = few_step_grid(3, SIGMA_MIN, SIGMA_MAX)
     x, labels = SIGMA_MAX * _noise(16), torch.arange(16) % 3
     cond = {"labels": labels}
     out = sampling.get("consistency")(f, x, sigmas, generator=sampling.generators(0, 16), cond=cond)
@@ -214,6 +217,16 @@ def test_consistency_sampler_denoises_then_renoises():
         x0 = f(manual, sigmas[i].expand(16).float(), labels=labels)
         manual = x0 + float(sigmas[i + 1]) * sampling.randn((16, 2), gens) if i < 2 else x0
     torch.testing.assert_close(out, manual)
-    one = sampling.get("consistency")(f, x, consistency_grid(1, SIGMA_MIN, SIGMA_MAX), cond=cond)
+    one = sampling.get("consistency")(f, x, few_step_grid(1, SIGMA_MIN, SIGMA_MAX), cond=cond)
     torch.testing.assert_close(one, f(x, torch.full((16,), SIGMA_MAX), labels=labels))
     assert sampling.info("consistency").nfe(3) == 3
+
+
+def test_few_step_grids_drop_the_wasted_last_level():
+    assert few_step_grid(1, SIGMA_MIN, SIGMA_MAX).tolist() == [SIGMA_MAX, 0.0]
+    flow = processes.get("flow")
+    grid = few_step_grid(2, flow.sigma_min, flow.sigma_max, "flow", process=flow)
+    assert math.isinf(grid[0]) and grid[2] == 0
+    assert float(flow.t_of(grid[1])) == pytest.approx(0.5, abs=1e-3)  # t = 1, 1/2, 0
+    with pytest.raises(ValueError, match="steps"):
+        few_step_grid(0, SIGMA_MIN, SIGMA_MAX)

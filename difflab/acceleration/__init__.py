@@ -16,7 +16,6 @@ distillation and training, reflow: :class:`DistillTrainer`, ``difflab distill``)
 from difflab.acceleration.blockcache import BlockCache, relative_change
 from difflab.acceleration.cache import StepCache, power_schedule, uniform_schedule
 from difflab.acceleration.consistency import (
-    consistency_grid,
     consistency_levels,
     consistency_loss,
     curriculum,
@@ -27,6 +26,7 @@ from difflab.acceleration.deepcache import DeepCache
 from difflab.acceleration.denoisers import with_network
 from difflab.acceleration.distill import DEFAULTS, METHODS, DistillTrainer, full_config
 from difflab.acceleration.features import FeatureCache
+from difflab.acceleration.grids import few_step_grid
 from difflab.acceleration.progressive import halve, progressive_target
 from difflab.acceleration.quantize import along_trajectories, quantize
 from difflab.acceleration.reflow import reflow_loss, reflow_pairs
@@ -41,11 +41,11 @@ __all__ = [
     "FeatureCache",
     "StepCache",
     "along_trajectories",
-    "consistency_grid",
     "consistency_levels",
     "consistency_loss",
     "curriculum",
     "draw_levels",
+    "few_step_grid",
     "full_config",
     "halve",
     "ode_step",

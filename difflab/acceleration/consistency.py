@@ -34,7 +34,6 @@ from difflab.core.tensors import check_name
 __all__ = [
     "INDEX_DISTRIBUTIONS",
     "METRICS",
-    "consistency_grid",
     "consistency_levels",
     "consistency_loss",
     "curriculum",
@@ -62,15 +61,6 @@ def consistency_levels(n: int, sigma_min: float, sigma_max: float, rho: float = 
         raise ValueError(f"consistency training needs at least 2 levels, got {n}")
     karras = schedules.get("karras")
     return karras(n, sigma_min, sigma_max, rho=rho, append_zero=False).flip(0)
-
-
-def consistency_grid(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Tensor:
-    """[sigma_max, ..., 0]: the ``steps`` highest of ``steps + 1`` Karras levels (sigma_min, where a
-    consistency model returns its input, dropped), then 0: the noise levels of multistep consistency
-    sampling (Song et al. 2023, Alg. 1); 1 step is [sigma_max, 0]."""
-    karras = schedules.get("karras")
-    levels = karras(steps + 1, sigma_min, sigma_max, rho=rho, append_zero=False)
-    return torch.cat([levels[:steps], levels.new_zeros(1)])
 
 
 def curriculum(step: int, total: int, start: int, end: int) -> int:

@@ -38,12 +38,12 @@ from difflab import schedules
 from difflab.acceleration.consistency import (
     INDEX_DISTRIBUTIONS,
     METRICS,
-    consistency_grid,
     consistency_levels,
     consistency_loss,
     curriculum,
     draw_levels,
 )
+from difflab.acceleration.grids import few_step_grid
 from difflab.acceleration.progressive import halve, progressive_target
 from difflab.acceleration.reflow import reflow_loss, reflow_pairs
 from difflab.acceleration.teacher import SOLVERS
@@ -365,23 +365,24 @@ class DistillTrainer:
         }
 
     def sample_settings(self) -> dict[str, Any]:
-        """How the finished consistency or reflow student samples (its model's "sample" section)."""
+        """How the finished consistency or reflow student samples (its model's "sample" section):
+        the few-step grid of the teacher's schedule (consistency models: Karras levels), with the
+        multistep consistency sampler, or Euler with the jump to D at the end (reflow)."""
         steps = self.config["sample"]["steps"]
-        if self.name == "reflow":
-            return {
-                "sampler": "euler",
-                "schedule": self.config["teacher"]["schedule"] or "karras",
-                "steps": steps,
-                "sampler_options": {"final": "denoised"},
-                "guidance": 1.0,
-            }
-        grid = consistency_grid(steps, self.sigma_min, self.sigma_max)
-        return {
-            "sampler": "consistency",
+        reflow = self.name == "reflow"
+        schedule = (self.config["teacher"]["schedule"] or "karras") if reflow else "karras"
+        grid = few_step_grid(
+            steps, self.sigma_min, self.sigma_max, schedule, process=self.objective.process
+        )
+        settings = {
+            "sampler": "euler" if reflow else "consistency",
             "schedule": [float(s) for s in grid],
             "steps": steps,
             "guidance": 1.0,
         }
+        if reflow:
+            settings["sampler_options"] = {"final": "denoised"}
+        return settings
 
     def _export(self, name: str, settings: dict[str, Any]) -> None:
         if self.export is not None:
