@@ -515,9 +515,10 @@ def optimize(
 ) -> OptimizedGrid:
     """The grid minimizing the endpoint error of ``sampler`` at ``nfe`` evaluations for ``denoiser``.
 
-    direct: min_z RMSE(sampler(x, grid(z)), ref(x)), grid(z) = exp(log s_max - log(s_max/s_min)
-    cumsum softmax(z)), over the calibration noises x (Nelder & Mead 1965); ays: min KLUB, Sabour et
-    al. 2024 "Align Your Steps" (see :class:`_Klub` and :func:`_ays` for what is simplified).
+    direct: min_z RMSE(sampler(x, grid(z)), ref(x)), grid(z) = exp(log s_max - log(s_max/s_last)
+    cumsum softmax(z)), over the calibration noises x (Nelder & Mead 1965), s_last in [s_min, s_max)
+    one more variable unless ``free_last=False``; ays: min KLUB, Sabour et al. 2024 "Align Your
+    Steps" (see :class:`_Klub` and :func:`_ays` for what is simplified).
 
     ``calibration``: starting noises x = sigma_max * eps, [B, ...]. ``reference``: a sampler name run
     on a ``reference_nfe``-step Karras grid, a callable x -> exact endpoint (e.g. a mixture's
@@ -525,9 +526,9 @@ def optimize(
     starting noises for the reported held-out error (default: drawn from ``seed + 1``).
     ``sampler_options`` go to the sampler, ``cond`` to the denoiser (per-sample tensors such as
     ``labels`` apply alike to the calibration and held-out rows). ``options``: direct ``max_evals``
-    (default 60 per free level, at least 200); ays ``sweeps`` (3), ``candidates`` (12), ``samples``
-    (calibration size). A stochastic sampler is evaluated with common random numbers (one generator
-    seeded with ``seed``). The search starts from the best of the fixed grids
+    (default max(200, 60 (steps - 2))) and ``free_last`` (True); ays ``sweeps`` (3), ``candidates``
+    (12), ``samples`` (calibration size). A stochastic sampler is evaluated with common random
+    numbers (one generator seeded with ``seed``). The search starts from the best of the fixed grids
     (karras rho 7, exponential, kl_optimal) for this sampler and NFE, and the direct result is never
     worse than it on the calibration batch.
     """
