@@ -544,7 +544,6 @@ def optimize(
     )  # fmt: skip
     fixed = problem.fixed()
     best_fixed = min(fixed, key=lambda k: fixed[k][0])
-    init = _grids.get(best_fixed)(problem.steps, problem.sigma_min, problem.sigma_max)
     if method == "direct":
         problem.free_last = bool(options.get("free_last", True))
         max_evals = int(options.get("max_evals", max(200, 60 * (problem.steps - 2))))
@@ -552,7 +551,7 @@ def optimize(
     else:
         sigmas, params = _ays(
             problem,
-            init,
+            _grids.get(best_fixed)(problem.steps, problem.sigma_min, problem.sigma_max),
             int(options.get("sweeps", 3)),
             int(options.get("candidates", 12)),
             int(options.get("samples", len(calibration))),
