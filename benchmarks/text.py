@@ -21,6 +21,7 @@ ancestral where ancestral matches it.
 
     .venv/bin/python benchmarks/text.py             # ~30 min of one core (n=16)
     .venv/bin/python benchmarks/text.py --quick     # ~5 min: fewer samples and step counts
+    .venv/bin/python benchmarks/text.py --sections float32   # 20 s: the float32 truncation table
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import time
 import torch
 
 from difflab.text import load, shakespeare
+from difflab.text.categorical import float32_tail_probability
 from difflab.text.metrics import bits_per_token, unigram_entropy
 from difflab.text.model import TextModel
 
@@ -56,6 +58,32 @@ def timed(model: TextModel, n: int, name: str, steps: int, **options) -> tuple[t
     }
 
 
+SECTIONS = ("float32", "bits", "samplers")
+
+
+def float32_table() -> None:
+    """The exact probability that float32 Gumbel-max draws any of n tail categories gap below the
+    head (every float32 uniform enumerated), against the target, as an effective temperature."""
+    print("## float32 Gumbel-max: exact tail probability (every float32 uniform enumerated)\n")
+    print("| tail categories n | logit gap | target | float32 | ratio | effective temperature |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for n, gap in (
+        (2**10, 12.0),
+        (2**20, 14.0),
+        (2**20, 16.0),
+        (2**20, 17.0),
+        (2**20, 18.0),
+        (2**24, 17.0),
+    ):
+        p32 = float32_tail_probability(n, gap)
+        target = n * math.exp(-gap) / (1 + n * math.exp(-gap))
+        t_eff = gap / math.log(n * (1 - p32) / p32)
+        print(
+            f"| 2^{int(math.log2(n))} | {gap:g} | {target:.5f} | {p32:.5f} | {p32 / target:.3f} | {t_eff:.3f} |"
+        )
+    print(flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="shakespeare")
@@ -67,8 +95,19 @@ def main() -> None:
         "--uncached-max", type=int, default=1024, help="longest uncached ancestral run timed"
     )
     p.add_argument("--quick", action="store_true", help="n=8, ancestral only up to 1024 steps")
+    p.add_argument(
+        "--sections",
+        nargs="+",
+        default=list(SECTIONS),
+        choices=SECTIONS,
+        help="which tables: held-out bits, samplers, the float32 Gumbel truncation",
+    )
     args = p.parse_args()
     torch.set_num_threads(1)
+    if "float32" in args.sections:
+        float32_table()
+    if "bits" not in args.sections and "samplers" not in args.sections:
+        return
     model, judge = load(args.model), load(args.judge)
     length = model.context
     n = 8 if args.quick else args.n
@@ -77,17 +116,21 @@ def main() -> None:
     windows = val.windows(length)
     if args.windows:
         windows = windows[: args.windows]
-    print(
-        f"## Held-out bits per character ({len(windows)} windows of {length}, last 10 % of the text)\n"
-    )
-    print("| model | parameters | bits/char | ± se |\n|---|---:|---:|---:|")
-    for m, what in (
-        (model, f"masked diffusion, NELBO, {args.draws} draws/window"),
-        (judge, "autoregressive, exact"),
-    ):
-        bits, se = bits_per_token(m, windows, draws=args.draws)
-        params = sum(q.numel() for q in m.network.parameters())
-        print(f"| {m.name} ({what}) | {params:,} | {bits:.4f} | {se:.4f} |", flush=True)
+    if "bits" in args.sections:
+        print(
+            f"## Held-out bits per character ({len(windows)} windows of {length}, last 10 % of "
+            "the text)\n"
+        )
+        print("| model | parameters | bits/char | ± se |\n|---|---:|---:|---:|")
+        for m, what in (
+            (model, f"masked diffusion, NELBO, {args.draws} draws/window"),
+            (judge, "autoregressive, exact"),
+        ):
+            bits, se = bits_per_token(m, windows, draws=args.draws)
+            params = sum(q.numel() for q in m.network.parameters())
+            print(f"| {m.name} ({what}) | {params:,} | {bits:.4f} | {se:.4f} |", flush=True)
+    if "samplers" not in args.sections:
+        return
 
     settings = [(name, s, {}) for name in ("first_hitting", "confidence") for s in (64, length)]
     settings += [("semi_ar", s, {"block": 32}) for s in (64, length)]

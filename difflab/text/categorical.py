@@ -11,6 +11,7 @@ truncation to G <= 36.7, out of reach.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -18,7 +19,7 @@ from torch import Tensor
 
 from difflab.sampling.noise import rand
 
-__all__ = ["GUMBEL_MAX", "categorical", "gumbel", "gumbel_from_uniform"]
+__all__ = ["GUMBEL_MAX", "categorical", "float32_tail_probability", "gumbel", "gumbel_from_uniform"]
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
 
@@ -57,3 +58,26 @@ def categorical(
         return logits.argmax(-1)
     scores = logits.to(dtype) / temperature
     return (scores + gumbel(scores.shape, generator, dtype, scores.device)).argmax(-1)
+
+
+def float32_tail_probability(n: int, gap: float) -> float:
+    """The exact probability that float32 Gumbel-max sampling (:func:`categorical` with
+    ``dtype=torch.float32``) draws any of n tail categories whose logits are ``gap`` (>= 12) below
+    the one head category; the target is n e^-gap / (1 + n e^-gap).
+
+    Every float32 uniform torch can give is k 2^-24. The tail wins iff its largest noise exceeds
+    the head's + gap; only a tail category's top 4096 levels can (checked), and only heads whose
+    noise is below GUMBEL_MAX - gap can lose (enumerated, u = 0 giving -inf), so
+    P = 2^-24 sum_head [1 - (1 - c(head + gap) 2^-24)^n], c(x) = number of top levels above x."""
+    if gap < 12:
+        raise ValueError(f"the enumeration covers gaps >= 12, got {gap}")
+    levels = torch.arange(2**24, dtype=torch.float64)
+    top = gumbel_from_uniform((1 - levels[1:4097].flip(0) * 2.0**-24).float()).double()
+    last = math.exp(-math.exp(-(float(top[-1]) - gap)))  # heads above this uniform always win
+    head = gumbel_from_uniform((levels[: math.ceil(last * 2**24) + 1] * 2.0**-24).float())
+    threshold = head.double() + gap
+    if not float(threshold[1]) > float(top[0]):
+        raise AssertionError("a tail level below the top 4096 could win")
+    above = (len(top) - torch.searchsorted(top, threshold, right=True)).double() / 2**24
+    above[0] = 1.0  # u = 0: the head's noise is -inf and any tail category wins
+    return float((1 - (1 - above) ** n).sum()) / 2**24
