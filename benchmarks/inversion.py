@@ -4,7 +4,7 @@ the exact probability-flow solution) and on the shipped MNIST model; class edits
 of the target class and the distance to the source; a PNG of MNIST inputs, reconstructions and
 edits.
 
-    python benchmarks/inversion.py --quick     # 32 MNIST test images, 10 steps (~25 min of one core)
+    python benchmarks/inversion.py --quick     # 32 MNIST test images (8 in float64), 10 steps
     python benchmarks/inversion.py             # 64 images, 10 and 20 steps
 
 Definitions. Reconstruction error: ||sample(invert(x)) - x|| / ||x|| over the batch (x the state at
@@ -53,6 +53,7 @@ METHODS: list[tuple[str, str, dict[str, Any], float]] = [
     ("edict own w=2", "edict", {"level": "own"}, GUIDED),
     ("bdia w=2", "bdia", {}, GUIDED),
     ("null_text w=2", "null_text", {"iterations": 10}, GUIDED),
+    ("null_text refine=3 w=2", "null_text", {"iterations": 10, "refine": 3}, GUIDED),
     ("direct w=2", "direct", {}, GUIDED),
 ]
 
@@ -239,7 +240,9 @@ def conditional_flow(
 # ------------------------------------------------------------------------------------ MNIST
 
 
-def mnist_section(steps_list: list[int], n: int, out: str, strengths: list[float]) -> None:
+def mnist_section(
+    steps_list: list[int], n: int, n64: int, out: str, strengths: list[float]
+) -> None:
     model = difflab.load("mnist")
     images, labels = load("mnist", split="test")[0:n]
     x32 = images.float()
@@ -251,13 +254,22 @@ def mnist_section(steps_list: list[int], n: int, out: str, strengths: list[float
         for label, method, options, w in METHODS:
             errors, seconds = {}, {}
             for dtype in (torch.float32, torch.float64):
+                k = n if dtype == torch.float32 else min(n, n64)  # float64 is ~5x slower on CPU
                 model.network.to(dtype)
                 den = embedding_denoiser(model.denoiser, model.network)
-                null = {"class_embedding": null_embedding(model.network, n)}
+                null = {"class_embedding": null_embedding(model.network, k)}
                 res = run_method(
-                    Counter(den), x32.to(dtype), sigmas, method, options, w, source, target, null
+                    Counter(den),
+                    x32[:k].to(dtype),
+                    sigmas,
+                    method,
+                    options,
+                    w,
+                    source[:k],
+                    target[:k],
+                    null,
                 )
-                errors[dtype], seconds[dtype] = relative(res["recon"], x32), res["seconds"]
+                errors[dtype], seconds[dtype] = relative(res["recon"], x32[:k]), res["seconds"]
                 if dtype == torch.float32:
                     res32 = res
             nfe = res32["nfe"]
@@ -303,7 +315,8 @@ def mnist_section(steps_list: list[int], n: int, out: str, strengths: list[float
             if steps == steps_list[0]:
                 panels[label] = (None, edited.clamp(-1, 1))
     table(
-        f"MNIST: reconstruction error against NFE ({n} test images, inverted under their label)",
+        f"MNIST: reconstruction error against NFE ({n} test images, the first {min(n, n64)} in "
+        "float64; inverted under their label)",
         [
             "method",
             "steps",
@@ -359,12 +372,14 @@ def write_grid(out: str, x: torch.Tensor, target: torch.Tensor, panels: dict[str
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="32 MNIST images, 10 steps")
+    p.add_argument("--quick", action="store_true", help="32 MNIST images (8 in float64), 10 steps")
     p.add_argument("--n", type=int, default=64, help="MNIST test images")
+    p.add_argument("--n64", type=int, default=64, help="of which in float64 (the first ones)")
     p.add_argument("--mixture-n", type=int, default=64, help="mixture samples")
     p.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20], help="mixture grids")
     p.add_argument("--mnist-steps", type=int, nargs="+", default=[10, 20])
-    p.add_argument("--strengths", type=float, nargs="+", default=[0.5, 0.7], help="SDEdit")
+    p.add_argument("--strengths", type=float, nargs="*", default=[0.5, 0.7], help="SDEdit")
+    p.add_argument("--methods", nargs="+", help="only these rows (names as in the tables)")
     p.add_argument("--skip-mnist", action="store_true")
     p.add_argument("--skip-mixture", action="store_true")
     p.add_argument(
@@ -373,13 +388,18 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     if args.quick:
-        args.n, args.mnist_steps = 32, [10]
+        args.n, args.n64, args.mnist_steps = 32, 8, [10]
+    if args.methods:
+        unknown = set(args.methods) - {row[0] for row in METHODS}
+        if unknown:
+            p.error(f"unknown rows {sorted(unknown)}; rows: {[row[0] for row in METHODS]}")
+        METHODS[:] = [row for row in METHODS if row[0] in args.methods]
     torch.set_num_threads(args.threads)
     begin = time.perf_counter()
     if not args.skip_mixture:
         mixture_section(args.steps, args.mixture_n)
     if not args.skip_mnist:
-        mnist_section(args.mnist_steps, args.n, args.out, args.strengths)
+        mnist_section(args.mnist_steps, args.n, args.n64, args.out, args.strengths)
     print(f"\n({time.perf_counter() - begin:.0f} s wall, {time.process_time():.0f} s CPU)")
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -79,12 +80,16 @@ class Guide:
                 "an explicit null condition"
             )
 
+    @cached_property
+    def _labels_cfg(self) -> Denoiser:
+        return classifier_free(self.denoiser, self.guidance)
+
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         w = self.guidance
         if w == 1:
             return self.denoiser(x, sigma, **self.cond)
         if self.null is None:
-            return classifier_free(self.denoiser, w)(x, sigma, **self.cond)
+            return self._labels_cfg(x, sigma, **self.cond)
         uncond = self.denoiser(x, sigma, **self.null)
         return uncond + w * (self.denoiser(x, sigma, **self.cond) - uncond)
 

@@ -10,9 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from difflab import sampling
 from difflab.inversion.base import Cond, Guide, Latent, invert, sample
-from difflab.sampling import get as sampler
-from difflab.sampling import noise_source
 
 __all__ = ["Edit", "edit", "interpolate", "sdedit", "slerp"]
 
@@ -28,19 +27,19 @@ def sdedit(
     cond: Cond | None = None,
     guidance: float = 1.0,
     null: Cond | None = None,
-    sampler_name: str = "dpmpp_2m",
+    sampler: str = "dpmpp_2m",
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     **sampler_options: Any,
 ) -> Tensor:
-    """SDEdit: x_s = x + s eps at s = sigmas[0], then sample down ``sigmas`` under ``cond``
+    """SDEdit: x_s = x + s eps at s = sigmas[0], then ``sampler`` down ``sigmas`` under ``cond``
     (Meng et al. 2022). The noise level trades faithfulness (low s) for realism (high s); a grid
     ending in 0 returns clean samples."""
     s = torch.as_tensor(sigmas, dtype=torch.float64)
     if s.ndim != 1 or len(s) < 2 or not 0 < float(s[0]) < float("inf"):
         raise ValueError("sigmas must be a decreasing grid starting at a finite level > 0")
     guide = Guide(denoiser, cond or {}, guidance, null)
-    noisy = x + float(s[0]) * noise_source(x, generator)()
-    return sampler(sampler_name)(guide, noisy, s, **sampler_options)
+    noisy = x + float(s[0]) * sampling.noise_source(x, generator)()
+    return sampling.get(sampler)(guide, noisy, s, **sampler_options)
 
 
 @dataclass(frozen=True)

@@ -45,9 +45,9 @@ def edict(
     although x^inter_t is already at t - 1; "own" at x^'s own level s'. Both are exactly
     invertible. "own" is consistent, and on the exact mixtures its latent is ~10x closer to the
     true flow's at 10 steps (the paper's level shrinks the latent), but its y-update multiplies
-    x^ - D(x^, s') by (s' - s)/s', which is large on long steps (s/s' = 3-30 at the ends of a
-    10-step Karras grid), so float32 rounding of a network's output is amplified; the paper's
-    coefficient (s' - s)/s stays below 1 (docs/inversion.md measures both). The mixing contracts
+    x^ - D(x^, s') by (s' - s)/s', large on long steps (7.4 on the last step of a 10-step Karras
+    grid), which amplifies float32 rounding of a network's output; the paper's coefficient
+    (s' - s)/s stays below 1 (docs/inversion.md measures both). The mixing contracts
     x - y by p^2 per sampling step, so inversion expands it by 1/p^2: past ~60 steps (p = 0.93)
     the latent drifts away from the flow's.
     """
