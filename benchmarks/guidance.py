@@ -10,11 +10,12 @@ test split, for each method, at the same sampler and NFE.
 Every row samples the same n labels (cycling 0-9) from the same per-sample noise, with
 DPM-Solver++(2M) on the model's Karras grid (--steps, default 10 = 10 NFE); CFG++ runs on
 Euler/DDIM, the sampler it is exact for, next to unguided and CFG Euler rows. "evals" counts the
-network evaluations per sample over all branches (for autoguidance the weak model's too); rows
+network evaluations per sample over all branches (for autoguidance and W2SD the weak model's
+too; W2SD's NFE column counts the main model's calls, its reflections' included); rows
 marked "+ grad" also backpropagate every step (through the classifier; for reward guidance through
 the denoiser too).
-Guides: autoguidance's weak model is the shipped ``mnist_small`` (16 instead of 32 channels, trained
-600 instead of 2457 steps); classifier and reward guidance use the shipped noise-conditional
+Guides: the weak model of autoguidance and W2SD is the shipped ``mnist_small`` (16 instead of 32
+channels, trained 600 instead of 2457 steps); classifier and reward guidance use the shipped noise-conditional
 classifier (difflab/pretrained/mnist_noisy_classifier) on the unconditional (null-label) model, the
 reward being log p(c | x0) under that classifier at sigma = 0.002. Accuracy and FD are judged by a
 different network (difflab.metrics' classifier). The data floor is the Fréchet distance between n
@@ -38,7 +39,8 @@ from difflab import guidance as G
 from difflab.metrics import class_accuracy, frechet_distance, mnist_features
 from difflab.pretrained.generate import sample_batched, step_grid
 
-Builder = Callable[[Tensor], Callable[..., Tensor]]  # the grid -> the (guided) denoiser
+# the grid -> the (guided) denoiser, or (denoiser, sampler function) for a sampler wrapper (W2SD)
+Builder = Callable[[Tensor], Any]
 
 
 class Guides:
@@ -118,6 +120,18 @@ def rows(g: Guides, quick: bool) -> list[tuple[str, str, str, Builder]]:
             "w = 3, weak = mnist_small",
             "dpmpp_2m",
             lambda s: G.autoguidance(d, g.weak.denoiser, 3.0),
+        ),
+        (
+            "W2SD",
+            "weak = mnist_small, every step but the last",
+            "dpmpp_2m",
+            lambda s: (d, G.W2SD(g.weak.denoiser, "dpmpp_2m")),
+        ),
+        (
+            "W2SD",
+            "weak = mnist_small, first 3 steps",
+            "dpmpp_2m",
+            lambda s: (d, G.W2SD(g.weak.denoiser, "dpmpp_2m", steps=3)),
         ),
         (
             "PAG",
@@ -201,18 +215,19 @@ def main() -> None:
         row = f"{method} | {setting} | {sampler}"
         if args.only and not any(text == method or text in row for text in args.only):
             continue
-        den = build(sigmas)
+        built = build(sigmas)
+        den, run = built if isinstance(built, tuple) else (built, sampler)
         images = [0]  # network evaluations of the main and the weak model, every branch counted
 
         def count(module: Any, inputs: tuple, images: list[int] = images) -> None:
             images[0] += len(inputs[0])
 
-        nets = [model] + ([guides.weak] if method == "autoguidance" else [])
+        nets = [model] + ([guides.weak] if method in ("autoguidance", "W2SD") else [])
         hooks = [m.denoiser.register_forward_pre_hook(count) for m in nets]
         begin = time.perf_counter()
         try:
             x, nfe, _ = sample_batched(
-                den, (args.n, 1, 28, 28), sigmas, sampler, labels, seed=args.seed, batch_size=250
+                den, (args.n, 1, 28, 28), sigmas, run, labels, seed=args.seed, batch_size=250
             )
         finally:
             for h in hooks:

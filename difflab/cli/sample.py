@@ -81,6 +81,24 @@ def add(commands: Any) -> None:
         default=None,
         help="guidance rescale phi in [0, 1] (Lin et al. 2024; with --guidance-method cfg)",
     )
+    s.add_argument(
+        "--w2sd",
+        metavar="WEAK",
+        default=None,
+        help="weak-to-strong diffusion (Bai et al. 2025): before each step, denoise one grid step "
+        "down with the model and invert back up with WEAK, a weaker version of it (a model name or "
+        "folder with the same data and labels, e.g. mnist_small for mnist). This moves x by about "
+        "(delta/sigma)(D_model - D_weak), towards where the model is denser than WEAK; 2 more "
+        "network evaluations per reflected step; see docs/guidance.md",
+    )
+    s.add_argument(
+        "--w2sd-steps",
+        type=int,
+        metavar="K",
+        default=None,
+        help="with --w2sd: reflect only before the first K steps (the paper's lambda; default: "
+        "every step but the last)",
+    )
     s.add_argument("--seed", type=int, default=0, help="seed; each sample has its own generator")
     s.add_argument("--batch-size", type=int, default=None, help="samples per network batch")
     s.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
@@ -123,7 +141,12 @@ def run(args: argparse.Namespace) -> None:
     if args.guidance is not None and not args.guidance >= 0:
         raise CliError(f"--guidance must be >= 0 (1 = no guidance), got {args.guidance}")
     _check_guidance_options(args)
+    positive(args.w2sd_steps, "--w2sd-steps", minimum=0)
+    if args.w2sd_steps is not None and args.w2sd is None:
+        raise CliError("--w2sd-steps needs --w2sd WEAK (the weak model to reflect with)")
     if args.model in EXACT_MODELS:
+        if args.w2sd is not None:
+            raise CliError(f"--w2sd needs a saved model and its weak version, not {args.model}")
         sample_exact(args)
         return
     _sample_saved(args)
@@ -224,11 +247,12 @@ def _sample_saved(args: argparse.Namespace) -> None:
     values = parse_labels(args.labels, model.num_classes, model.name)
     n = args.n or int(model.defaults.get("n", 64))
     labels = None if values is None else [values[i % len(values)] for i in range(n)]
+    sampler = args.sampler if args.w2sd is None else _w2sd(args, model)
     with user_errors():
         result = model.generate(
             n,
             labels,
-            sampler=args.sampler,
+            sampler=sampler,
             steps=args.steps,
             schedule=schedule,
             guidance=_guidance(args, model),
@@ -250,6 +274,12 @@ def _sample_saved(args: argparse.Namespace) -> None:
         if o["guidance"] != 1 or o.get("guidance_rule") is not None
         else ""
     )
+    if args.w2sd is not None:
+        r = len(sampler.reflected(result.sigmas))
+        guided += (
+            f", W2SD reflecting {r} steps with {args.w2sd} ({r} of the NFE and {r} {args.w2sd} "
+            "evaluations per sample)"
+        )
     classes = "" if values is None else f", labels {_label_text(values)}"
     summary = (
         f"{model.name}: {n} samples{classes}, {o['sampler']} on the "
@@ -259,6 +289,28 @@ def _sample_saved(args: argparse.Namespace) -> None:
     _write(out, result, model, values, summary)
     print(summary)
     print(f"wrote {out}")
+
+
+def _w2sd(args: argparse.Namespace, model: Any) -> Any:
+    """The W2SD sampler of --w2sd WEAK around --sampler (or the sampler the model or its grid
+    names), the model being the strong one; its weak version must share data and labels."""
+    from difflab.guidance import W2SD
+    from difflab.pretrained.schedules import PREFIX, parse_grid_name
+
+    weak = load_model(args.w2sd, args.device)
+    if tuple(weak.shape) != tuple(model.shape) or weak.num_classes != model.num_classes:
+        raise CliError(
+            f"--w2sd {args.w2sd} makes samples of shape {list(weak.shape)} with "
+            f"{weak.num_classes} classes, {model.name} {list(model.shape)} with "
+            f"{model.num_classes}: the weak model must share the model's data and labels"
+        )
+    inner = args.sampler
+    if inner is None and (args.schedule or "").startswith(PREFIX):
+        inner = parse_grid_name(args.schedule)[0]
+    inner = inner or model.defaults["sampler"]
+    options = model.defaults.get("sampler_options") if inner == model.defaults["sampler"] else None
+    with user_errors():
+        return W2SD(weak.denoiser, inner, steps=args.w2sd_steps, options=options or {})
 
 
 def _label_text(values: list[int]) -> str:

@@ -7,7 +7,9 @@ CFG-like methods are a pair of branches (:func:`classifier_free`, :func:`autogui
 :func:`perturbed_attention`) combined by a rule (:class:`CFG` with rescale, :class:`APG`,
 :class:`CFGZeroStar`); :func:`composable` joins conditions with AND / NOT; :func:`cfg_pp`
 renoises with the unconditional eps (:func:`renoise`); :func:`classifier_guidance` and
-:func:`reward_guidance` add a gradient. Formulas, citations and the exact-mixture evidence: docs/guidance.md.
+:func:`reward_guidance` add a gradient. :class:`W2SD` (weak-to-strong diffusion) is not a denoiser
+but a sampler: it reflects the state with a strong and a weak model (:func:`reflect`) between the
+steps of any registered sampler. Formulas, citations and the exact-mixture evidence: docs/guidance.md.
 """
 
 from difflab.guidance.cfg import classifier_free, composable
@@ -16,6 +18,7 @@ from difflab.guidance.gradient import classifier_guidance, reward_guidance
 from difflab.guidance.guided import Branches, guide, label_branches
 from difflab.guidance.noisy_classifier import NoisyClassifier
 from difflab.guidance.noisy_classifier import load as load_noisy_classifier
+from difflab.guidance.reflection import W2SD, reflect
 from difflab.guidance.renoise import cfg_pp, renoise
 from difflab.guidance.rules import APG, CFG, SPACES, CFGZeroStar, Rule, as_rule
 
@@ -23,6 +26,7 @@ __all__ = [
     "APG",
     "CFG",
     "SPACES",
+    "W2SD",
     "Branches",
     "CFGZeroStar",
     "NoisyClassifier",
@@ -38,6 +42,7 @@ __all__ = [
     "load_noisy_classifier",
     "perturbed",
     "perturbed_attention",
+    "reflect",
     "renoise",
     "reward_guidance",
 ]

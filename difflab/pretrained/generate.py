@@ -111,7 +111,7 @@ def sample_batched(
     denoiser: Callable[..., Tensor],
     shape: Sequence[int],
     sigmas: Tensor,
-    sampler: str,
+    sampler: str | Callable[..., Tensor],
     labels: Tensor | None = None,
     *,
     seed: int = 0,
@@ -122,8 +122,10 @@ def sample_batched(
 ) -> tuple[Tensor, int, float]:
     """(x [N, ...], denoiser evaluations per sample, seconds): the sampler run on ``sigmas`` from
     x_i = sigma_0 eps_i (eps_i alone when sigma_0 = inf), in batches of ``batch_size``; ``options``
-    go to the sampler."""
-    fn, info = sampling.get(sampler), sampling.info(sampler)
+    go to the sampler (a registered name, or a sampler function such as
+    :class:`difflab.guidance.W2SD`)."""
+    fn = sampler if callable(sampler) else sampling.get(sampler)
+    adaptive = not callable(sampler) and sampling.info(sampler).adaptive
     n = shape[0]
     batch_size = batch_size or n
     if batch_size < 1:
@@ -135,7 +137,7 @@ def sample_batched(
         from tqdm import tqdm
 
         batches = -(-n // batch_size)
-        total = None if info.adaptive else batches * (len(sigmas) - 1)
+        total = None if adaptive else batches * (len(sigmas) - 1)
         bar = tqdm(total=total, desc=f"{sampler}, {n} samples", unit="step")
     out, nfe = [], 0
     begin = time.perf_counter()

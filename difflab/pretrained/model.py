@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -255,7 +255,7 @@ class Model:
         n: int,
         labels: int | Sequence[int] | Tensor | None = None,
         *,
-        sampler: str | None = None,
+        sampler: str | Callable[..., Tensor] | None = None,
         steps: int | None = None,
         schedule: str | Tensor | Sequence[float] | None = None,
         guidance: float | Rule | None = None,
@@ -337,9 +337,10 @@ class Model:
 
         ``labels``: None (a conditional model cycles through its classes, i mod C), one class for
         all, or n labels (-1 = the null class). Sample i starts from noise of its own generator,
-        seeded by (``seed``, i), so it does not depend on n or ``batch_size``. Options: ``sampler``,
-        ``steps``, ``schedule`` (a grid name, explicit sigmas, or ``"optimized:<sampler>:<nfe>"``:
-        a grid kept in the model folder, its sampler the default), ``guidance`` (a scale or a rule
+        seeded by (``seed``, i), so it does not depend on n or ``batch_size``. Options: ``sampler``
+        (a name, or a sampler function such as :class:`difflab.guidance.W2SD`), ``steps``,
+        ``schedule`` (a grid name, explicit sigmas, or ``"optimized:<sampler>:<nfe>"``: a grid
+        kept in the model folder, its sampler the default), ``guidance`` (a scale or a rule
         of :mod:`difflab.guidance.rules`: ``CFG(w, rescale=phi)``, ``APG(w)``, ``CFGZeroStar(w)``),
         ``guidance_interval`` (sigma range where guidance applies), ``seed``, ``batch_size``,
         ``sigma_min``, ``sigma_max``, ``progress``, ``sampler_options`` (the sampler's own, e.g.
