@@ -29,7 +29,7 @@ from difflab.acceleration.features import FeatureCache
 from difflab.acceleration.grids import few_step_grid
 from difflab.acceleration.progressive import halve, progressive_target
 from difflab.acceleration.quantize import along_trajectories, quantize
-from difflab.acceleration.reflow import reflow_loss, reflow_pairs
+from difflab.acceleration.reflow import GridLevels, reflow_loss, reflow_pairs
 from difflab.acceleration.teacher import ode_step
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "DeepCache",
     "DistillTrainer",
     "FeatureCache",
+    "GridLevels",
     "StepCache",
     "along_trajectories",
     "consistency_levels",

@@ -45,7 +45,7 @@ from difflab.acceleration.consistency import (
 )
 from difflab.acceleration.grids import few_step_grid
 from difflab.acceleration.progressive import halve, progressive_target
-from difflab.acceleration.reflow import reflow_loss, reflow_pairs
+from difflab.acceleration.reflow import GridLevels, reflow_loss, reflow_pairs
 from difflab.acceleration.teacher import SOLVERS
 from difflab.core.tensors import check_name, unknown_name
 from difflab.data import Dataset
@@ -55,7 +55,7 @@ from difflab.training.config import merge_defaults
 from difflab.training.ema import EMA
 from difflab.training.loop import DataOrder
 from difflab.training.lr import LRSchedule
-from difflab.training.noise_levels import NoiseLevels
+from difflab.training.noise_levels import NOISE_LEVELS, NoiseLevels
 from difflab.training.objectives import Objective, denoising_loss
 from difflab.utils.files import atomic_write_bytes
 from difflab.utils.weights import load_weights, save_weights, write_config
@@ -77,6 +77,9 @@ METHODS: dict[str, dict[str, Any]] = {
     },
     "reflow": {"pairs": 10000, "pair_batch": 500, "noise_levels": "uniform_t"},
 }
+# reflow's noise levels: a training distribution (difflab.training.noise_levels), or "grid": the
+# positive levels of the student's own few-step grid (sample.steps steps), uniformly
+GRID_LEVELS = "grid"
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "run": {
@@ -143,6 +146,8 @@ def full_config(config: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(
                 f"progressive: start_steps / end_steps must be a power of 2, got {start} / {end}"
             )
+    if name == "reflow":
+        check_name("reflow noise levels", method["noise_levels"], (*NOISE_LEVELS, GRID_LEVELS))
     if name in ("consistency_distillation", "consistency_training"):
         check_name("consistency metric", method["metric"], METRICS)
         check_name("level distribution", method["distribution"], INDEX_DISTRIBUTIONS)
@@ -204,7 +209,12 @@ class DistillTrainer:
             )
         if self.name == "reflow":
             self.pairs = self._pairs()
-            self.levels = NoiseLevels(self.method["noise_levels"], objective.process)
+            levels = self.method["noise_levels"]
+            self.levels = (
+                GridLevels(self.student_grid())
+                if levels == GRID_LEVELS
+                else NoiseLevels(levels, objective.process)
+            )
         self.order = DataOrder(len(self.pairs[0] if self.name == "reflow" else data), run["seed"])
         self._new_optimizer()
 
@@ -370,10 +380,7 @@ class DistillTrainer:
         multistep consistency sampler, or Euler with the jump to D at the end (reflow)."""
         steps = self.config["sample"]["steps"]
         reflow = self.name == "reflow"
-        schedule = (self.config["teacher"]["schedule"] or "karras") if reflow else "karras"
-        grid = few_step_grid(
-            steps, self.sigma_min, self.sigma_max, schedule, process=self.objective.process
-        )
+        grid = self.student_grid()
         settings = {
             "sampler": "euler" if reflow else "consistency",
             "schedule": [float(s) for s in grid],
@@ -383,6 +390,19 @@ class DistillTrainer:
         if reflow:
             settings["sampler_options"] = {"final": "denoised"}
         return settings
+
+    def student_grid(self) -> Tensor:
+        """The consistency or reflow student's grid: ``few_step_grid`` of ``sample.steps`` steps of
+        the teacher's schedule (reflow) or of Karras levels (consistency models)."""
+        reflow = self.name == "reflow"
+        schedule = (self.config["teacher"]["schedule"] or "karras") if reflow else "karras"
+        return few_step_grid(
+            self.config["sample"]["steps"],
+            self.sigma_min,
+            self.sigma_max,
+            schedule,
+            process=self.objective.process,
+        )
 
     def _export(self, name: str, settings: dict[str, Any]) -> None:
         if self.export is not None:
