@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from difflab import inversion, sampling
-from difflab.guidance import W2SD, reflect
+from difflab.guidance import W2SD, autoguidance, reflect
 from difflab.testing import GaussianMixture, random_mixture
 from difflab.testing.checks import CountingDenoiser, exponential_grid
 
@@ -99,6 +99,27 @@ def test_w2sd_moves_samples_to_where_the_strong_model_is_denser(pair, sampler):
     assert loglik["w2sd"] > loglik["plain"] + 0.1 > loglik["swapped"] + 0.2, loglik
     # no reflection is the inner sampler exactly
     torch.testing.assert_close(W2SD(weak, sampler, steps=0)(strong, x, grid), plain)
+
+
+@pytest.mark.parametrize("depth", [1.0, 0.5])
+def test_reflecting_every_step_converges_to_autoguidance_with_w_one_plus_depth(depth):
+    """A reflection of depth d h before an Euler step of size h moves x by
+    -h [eps_s + d (eps_s - eps_w)] + O(h^2): the Euler step of autoguidance with w = 1 + d, so the
+    two samplers converge to the same flow, their difference O(h)."""
+    strong = random_mixture(3, 3, seed=1, scale=1.0, min_variance=0.1)  # smooth: no mode switches
+    weak = GaussianMixture(strong.weights, strong.means, strong.covariances * 2)
+    x = start(64, 10.0, seed=5, dim=3)
+    ns = (16, 32, 64)
+    gaps = []
+    for n in ns:
+        grid = exponential_grid(n, 10.0, 0.05)  # ends at 0.05: every step is reflected
+        reflected = W2SD(weak, "euler", depth=depth)(strong, x, grid)
+        guided = sampling.get("euler")(autoguidance(strong, weak, 1 + depth), x, grid)
+        gaps.append(float((reflected - guided).square().sum(1).mean().sqrt()))
+    slope = np.polyfit(np.log(ns), np.log(gaps), 1)[0]
+    assert -1.15 < slope < -0.8, (slope, gaps)
+    unguided = sampling.get("euler")(strong, x, grid)
+    assert gaps[-1] < float((reflected - unguided).square().sum(1).mean().sqrt()) / 5
 
 
 def test_reflected_steps_follow_steps_interval_and_depth():

@@ -10,7 +10,11 @@ strong model from sigma down to sigma' and inverted by a weak one from sigma' ba
 a gradient step on the log density ratio: x moves to where the strong model puts more mass than the
 weak one (the paper's Theorem: the weak-to-strong difference stands in for the unknown
 strong-to-ideal one). The same ratio drives autoguidance (:func:`autoguidance`), which changes the
-denoiser; W2SD changes the state and keeps the strong model's denoiser for the step itself.
+denoiser instead: a reflection of depth delta = d h before an Euler step of size h gives
+x - h [eps_s + d (eps_s - eps_w)] + O(h^2), the Euler step of autoguidance with w = 1 + d, so
+reflecting every step converges to autoguidance's flow as the grid refines (tested), at 3 network
+evaluations per step instead of 2; reflecting the first lambda steps only is, to that order,
+autoguidance on the high noise levels alone.
 
 A reflection is not a denoiser transformation, so :class:`W2SD` is a *sampler*: it runs any
 registered sampler between reflections, each stretch of the grid as one call (a multistep sampler's
