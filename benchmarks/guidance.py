@@ -122,10 +122,16 @@ def rows(g: Guides, quick: bool) -> list[tuple[str, str, str, Builder]]:
             lambda s: G.autoguidance(d, g.weak.denoiser, 3.0),
         ),
         (
+            "autoguidance",
+            "w = 2, weak = mnist_small",
+            "euler",
+            lambda s: G.autoguidance(d, g.weak.denoiser, 2.0),
+        ),
+        (
             "W2SD",
             "weak = mnist_small, every step but the last",
-            "dpmpp_2m",
-            lambda s: (d, G.W2SD(g.weak.denoiser, "dpmpp_2m")),
+            "euler",  # dpmpp_2m gives the same samples: each stretch between reflections is 1 step
+            lambda s: (d, G.W2SD(g.weak.denoiser, "euler")),
         ),
         (
             "W2SD",
