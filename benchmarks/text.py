@@ -19,7 +19,7 @@ as with it (tests/test_text.py), so it is only timed (on the same n samples, up 
 times their steps, and say so). The target: first-hitting at L steps at least 10x the tokens/s of
 ancestral where ancestral matches it.
 
-    .venv/bin/python benchmarks/text.py             # ~30 min of one core (n=16)
+    .venv/bin/python benchmarks/text.py             # ~15 min of one core (n=16)
     .venv/bin/python benchmarks/text.py --quick     # ~5 min: fewer samples and step counts
     .venv/bin/python benchmarks/text.py --sections float32   # 20 s: the float32 truncation table
 """
