@@ -284,3 +284,27 @@ def test_few_step_grids_drop_the_wasted_last_level():
     assert float(flow.t_of(grid[1])) == pytest.approx(0.5, abs=1e-3)  # t = 1, 1/2, 0
     with pytest.raises(ValueError, match="steps"):
         few_step_grid(0, SIGMA_MIN, SIGMA_MAX)
+
+
+def test_shipped_two_step_mnist_model():
+    """mnist_2step (configs/distill_reflow_mnist.toml): small, says how it was made, samples in 2
+    Euler steps on its own grid with the jump to D, unguided, and its digits have their labels."""
+    from difflab.metrics import class_accuracy
+
+    model = difflab.load("mnist_2step")
+    assert sum(f.stat().st_size for f in model.folder.iterdir()) <= 10 * 2**20
+    assert model.config["training"]["command"].startswith(
+        "difflab distill --config configs/distill_reflow_mnist.toml"
+    )
+    assert model.config["distillation"] == {
+        "method": "reflow",
+        "teacher": "mnist",
+        "guidance": 2.0,
+        "steps": 2,
+    }
+    labels = torch.arange(20) % 10
+    with torch.no_grad():
+        samples = model.generate(20, labels, seed=0)
+    assert samples.nfe == samples.network_evals == 2
+    assert samples.sigmas.tolist() == few_step_grid(2, SIGMA_MIN, SIGMA_MAX).tolist()
+    assert class_accuracy(samples.x, labels) >= 0.9
