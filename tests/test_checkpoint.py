@@ -23,6 +23,7 @@ from difflab.training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from difflab.training.records import read_records, write_records
 from difflab.utils.weights import load_weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -396,3 +397,14 @@ def test_sigkill_during_saves_leaves_a_loadable_checkpoint(tmp_path):
     finally:
         launcher.stdin.close()
         launcher.wait(timeout=30)
+
+
+def test_metrics_records_round_trip_resume_cut_and_stop_at_a_cut_line(tmp_path):
+    records = [{"step": s, "loss": 1.0 / s} for s in (1, 2, 3, 4)]
+    write_records(tmp_path, records)
+    assert read_records(tmp_path) == records
+    assert read_records(tmp_path, 2) == records[:2]  # a resumed run drops what it logs again
+    assert read_records(tmp_path / "none") == []
+    text = (tmp_path / "metrics.jsonl").read_text()
+    (tmp_path / "metrics.jsonl").write_text(text[: text.index('{"step": 3') + 5] + "\n" + text)
+    assert read_records(tmp_path) == records[:2]

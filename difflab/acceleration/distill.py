@@ -23,7 +23,6 @@ exact mixtures serve as teachers in the tests (the command line loads and saves 
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from collections.abc import Callable
@@ -57,7 +56,7 @@ from difflab.training.loop import DataOrder
 from difflab.training.lr import LRSchedule
 from difflab.training.noise_levels import NOISE_LEVELS, NoiseLevels
 from difflab.training.objectives import Objective, denoising_loss
-from difflab.utils.files import atomic_write_bytes
+from difflab.training.records import read_records, write_records
 from difflab.utils.weights import load_weights, save_weights, write_config
 
 __all__ = ["DEFAULTS", "METHODS", "DistillTrainer", "Export", "full_config"]
@@ -443,18 +442,12 @@ class DistillTrainer:
         self.order.load_state_dict(ckpt.data_state["order"])
         self.generator.set_state(ckpt.data_state["generator"])
         self.step = ckpt.step
-        self.records = [r for r in self._read_records() if r["step"] <= self.step]
+        self.records = read_records(self.run_dir, self.step)
         return True
-
-    def _read_records(self) -> list[dict[str, Any]]:
-        path = self.run_dir / "metrics.jsonl"
-        lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-        return [json.loads(line) for line in lines if line.strip()]
 
     def _log(self, record: dict[str, Any]) -> None:
         self.records.append(record)
-        text = "".join(json.dumps(r) + "\n" for r in self.records)
-        atomic_write_bytes(self.run_dir / "metrics.jsonl", text.encode())
+        write_records(self.run_dir, self.records)
 
     # ------------------------------------------------------------------ the loop
 

@@ -9,7 +9,6 @@ times); an autoregressive one the next-token cross-entropy. AdamW with warm-up +
 
 from __future__ import annotations
 
-import json
 import math
 import shlex
 import time
@@ -30,7 +29,7 @@ from difflab.training.checkpoint import latest_checkpoint, load_checkpoint, rest
 from difflab.training.config import load_config, merge_defaults
 from difflab.training.ema import EMA
 from difflab.training.lr import LRSchedule
-from difflab.utils.files import atomic_write_bytes
+from difflab.training.records import read_records, write_records
 from difflab.utils.weights import write_config
 
 __all__ = ["DEFAULTS", "TextTrainer", "train"]
@@ -180,18 +179,12 @@ class TextTrainer:
         restore(ckpt, model=self.net, ema={"ema": self.ema}, optimizer=self.optimizer)
         self.generator.set_state(ckpt.data_state["generator"])
         self.step = ckpt.step
-        self.records = [r for r in self._read_records() if r["step"] <= self.step]
+        self.records = read_records(self.run_dir, self.step)
         return True
-
-    def _read_records(self) -> list[dict[str, Any]]:
-        path = self.run_dir / "metrics.jsonl"
-        lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-        return [json.loads(line) for line in lines if line.strip()]
 
     def _log(self, record: dict[str, Any]) -> None:
         self.records.append(record)
-        text = "".join(json.dumps(r) + "\n" for r in self.records)
-        atomic_write_bytes(self.run_dir / "metrics.jsonl", text.encode())
+        write_records(self.run_dir, self.records)
 
     def fit(self) -> bool:
         """Train to ``run.steps``; Ctrl-C saves a checkpoint first. True when finished."""

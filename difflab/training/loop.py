@@ -11,7 +11,6 @@ saved state and differ across ranks.
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import time
@@ -45,7 +44,7 @@ from difflab.training.ema import EMA
 from difflab.training.lr import LRSchedule
 from difflab.training.objectives import Objective, denoising_loss
 from difflab.training.preview import preview
-from difflab.utils.files import atomic_write_bytes
+from difflab.training.records import read_records, write_records
 from difflab.utils.weights import write_config
 
 __all__ = ["AUTOCAST", "DataOrder", "Trainer", "train"]
@@ -250,26 +249,13 @@ class Trainer:
         if self.scaler.is_enabled() and "scaler" in ckpt.data_state:
             self.scaler.load_state_dict(ckpt.data_state["scaler"])
         self.step = ckpt.step
-        self.records = [r for r in self._read_records() if r["step"] <= self.step]
+        self.records = read_records(self.run_dir, self.step)
         return True
-
-    def _read_records(self) -> list[dict[str, Any]]:
-        path = self.run_dir / "metrics.jsonl"
-        if not path.exists():
-            return []
-        records = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut by a crash: everything after it is lost anyway
-        return records
 
     def _log(self, record: dict[str, Any]) -> None:
         self.records.append(record)
         if dist.is_main():
-            text = "".join(json.dumps(r) + "\n" for r in self.records)
-            atomic_write_bytes(self.run_dir / "metrics.jsonl", text.encode())
+            write_records(self.run_dir, self.records)
         if self.board is not None:
             log_scalars(self.board, record)
 
