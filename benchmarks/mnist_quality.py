@@ -1,6 +1,7 @@
 """Quality of the shipped MNIST model, measured: Fréchet distance in the shipped classifier's feature
-space against NFE (best of several samplers at each budget), the data floor, class accuracy of guided
-samples, bits/dim by the probability-flow ODE, and (with the optional extra) Inception FID.
+space against NFE (best of several samplers at each budget, on the Karras grid and on the model's
+own optimized grids where it has them), the data floor, class accuracy of guided samples, bits/dim
+by the probability-flow ODE, and (with the optional extra) Inception FID.
 
     python benchmarks/mnist_quality.py            # the full table (slow on 2 CPU cores)
     python benchmarks/mnist_quality.py --quick    # fewer samples and samplers: a few minutes
@@ -27,6 +28,7 @@ from difflab.metrics import (
     inception,
     mnist_features,
 )
+from difflab.pretrained import schedules as saved
 
 
 def steps_for(sampler: str, nfe: int) -> int | None:
@@ -70,24 +72,35 @@ def main() -> None:
     print(f"model {args.model}: n = {args.n} samples per entry, labels cycling over the classes")
     print(f"data floor (held-out test vs training images): FD = {floor:.3f}\n")
 
-    print(f"{'NFE':>4} | " + " | ".join(f"{s:>12}" for s in args.samplers) + " |  best | x floor")
-    print("-" * (9 + 15 * len(args.samplers) + 18))
+    have = saved.saved_grids(model.folder)
+    columns = [(name, None) for name in args.samplers] + [
+        (name, "optimized")
+        for name in args.samplers
+        if any(saved.parse_grid_name(g)[0] == name for g in have)
+    ]
+    heads = [name if grid is None else f"{name}*" for name, grid in columns]
+    print(f"{'NFE':>4} | " + " | ".join(f"{h:>12}" for h in heads) + " |  best | x floor")
+    print("-" * (9 + 15 * len(columns) + 18))
     best_at: dict[int, float] = {}
     for nfe in args.nfe:
         cells = []
-        for name in args.samplers:
+        for name, grid in columns:
             steps = steps_for(name, nfe)
-            if steps is None:
+            grid = grid and saved.grid_name(name, nfe)
+            if steps is None or (grid is not None and grid not in have):
                 cells.append(f"{'-':>12}")
                 continue
             t0 = time.perf_counter()
-            x = model.sample(args.n, labels=labels, sampler=name, steps=steps, seed=args.seed)
+            on = {"steps": steps} if grid is None else {"schedule": grid}
+            x = model.sample(args.n, labels=labels, sampler=name, seed=args.seed, **on)
             fd = frechet_distance(mnist_features(x)[0], ref_feats)
             best_at[nfe] = min(best_at.get(nfe, float("inf")), fd)
             cells.append(f"{fd:7.3f} {time.perf_counter() - t0:3.0f}s")
         best = best_at.get(nfe, float("nan"))
         print(f"{nfe:>4} | " + " | ".join(cells) + f" | {best:5.3f} | {best / floor:5.2f}")
 
+    if len(columns) > len(args.samplers):
+        print("(* : the model's own optimized grid for that sampler and NFE, where it has one)")
     if 10 in best_at and 100 in best_at:
         ratio = best_at[10] / best_at[100]
         print(f"\nFD(10 NFE) / FD(100 NFE) = {ratio:.2f} (target <= 1.25)")
