@@ -102,12 +102,14 @@ class Unsupported(Exception):
 
 @dataclass(frozen=True)
 class Problem:
-    """A start ``x`` at ``process.sigma_max`` and the model as a denoiser and as an eps network."""
+    """A start ``x`` at ``process.sigma_max`` and the model as a denoiser and as an eps network;
+    ``grids``: grids fitted to this problem, label -> {steps: sigmas}, beside the GRIDS of any."""
 
     process: VPDiscrete
     x: Tensor
     denoiser: Denoiser
     eps_network: Callable[[VPDiscrete], EpsNetwork]  # table -> eps(x_t, t) on that table
+    grids: dict[str, dict[int, Tensor]] = field(default_factory=dict)
 
     @property
     def sigma_max(self) -> float:
@@ -202,9 +204,15 @@ GRIDS: dict[str, tuple[str, dict[str, Any], bool]] = {
 }
 
 
-def build_grid(label: str, steps: int, process: VPDiscrete) -> Tensor:
+def build_grid(label: str, steps: int, problem: Problem) -> Tensor:
     """The grid ``label`` of ``steps`` intervals ending in 0, between the process's sigma_min and
-    sigma_max (table grids take the process's table); it must start at sigma_max."""
+    sigma_max (table grids take the process's table), or the problem's own fitted grid of that
+    label; it must start at sigma_max."""
+    if label in problem.grids:
+        if steps not in problem.grids[label]:
+            raise Unsupported(f"grid {label!r} was not fitted for {steps} steps")
+        return problem.grids[label][steps]
+    process = problem.process
     name, options, endpoints = GRIDS[label]
     ends = (process.sigma_min, process.sigma_max) if endpoints else (None, None)
     try:
@@ -228,7 +236,7 @@ def _grid_method(
     """A method that walks a difflab grid: ``call(model, x, sigmas, seed)`` runs the sampler."""
 
     def prepare(problem: Problem, steps: int, seed: int) -> Job:
-        sigmas = build_grid(grid, steps, problem.process)
+        sigmas = build_grid(grid, steps, problem)
         counter = CountingDenoiser(problem.denoiser)
         return Job(lambda: call(counter, problem.x.clone(), sigmas, seed), counter)
 

@@ -16,6 +16,11 @@ sigma_max, 0), whose endpoints are exact samples of p_0:
             2 bootstrap standard deviations of the mean log p_0 of the exact endpoints
   SW2       sliced 2-Wasserstein distance to the exact endpoints (fixed random projections); its
             floor is SW2 between the exact endpoints and an independent exact sample of the same size
+Fitted grids (grid "fitted:<sampler>", --fit): difflab.schedules.optimize(method="direct") fits one
+grid per case, sampler and budget to calibration starts of their own (seed FIT_SEED, never the
+evaluation start) against their exact flow; step-grid optimization is part of difflab, so these
+rows count as difflab's. k-diffusion's euler, lms and dpmpp_2m also run on those grids, shown in
+their own column and never counted as the anchors' settings.
 The summary per case: at each budget the difflab method with the smallest RMSE against the anchor
 with the smallest RMSE (ratio = difflab / anchor; target <= 0.5), and their dLL against the floor
 (target |dLL| <= floor from 10 NFE up). Last, the loop overhead per NFE of every sampler with a
@@ -64,6 +69,7 @@ from anchors import (
 
 from difflab import sampling
 from difflab.core.processes import VPDiscrete
+from difflab.schedules import optimize
 from difflab.testing import GaussianMixture, ring2d, stiff
 
 BUDGETS = (4, 5, 6, 8, 10, 12, 15, 20, 25, 50)
@@ -88,16 +94,21 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
 class Preset:
     samples: dict[str, int]  # per mixture
     grids: list[str]
+    fit: list[str]  # difflab samplers that also run on grids fitted to each case
 
 
 PRESETS = {
-    "quick": Preset({"ring2d": 256, "stiff64": 128}, ["karras", "exponential", "trailing"]),
+    "quick": Preset({"ring2d": 256, "stiff64": 128}, ["karras", "exponential", "trailing"], []),
     "full": Preset(
         {"ring2d": 2000, "stiff64": 500},
         ["karras", "exponential", "trailing", "kl_optimal", "beta", "ays"],
+        ["unipc", "ipndm"],
     ),
 }
-SEED, METHOD_SEED, PROJECTIONS = 0, 1, 128
+SEED, METHOD_SEED, FIT_SEED, PROJECTIONS = 0, 1, 2, 128
+FIT_SAMPLES = {"ring2d": 256, "stiff64": 128}  # calibration starts per fitted grid
+# k-diffusion samplers (one model call per step) also run on difflab's fitted grids, for reference
+K_ON_FITTED = ("euler", "lms", "dpmpp_2m")
 LL_FLOOR_SIGMAS, BOOTSTRAP = 2, 500
 LL_TARGET_FROM, RATIO_TARGET = 10, 0.5
 
@@ -170,6 +181,33 @@ def difflab_variants() -> list[tuple[str, dict[str, Any]]]:
 def all_methods(grids: list[str]) -> list[Method]:
     methods = [m for name, opt in difflab_variants() for m in difflab_methods(name, opt, grids)]
     return methods + diffusers_methods() + k_diffusion_methods(grids)
+
+
+FITTED = "fitted:"
+
+
+def fit_grids(case: Case, samplers: list[str], budgets: list[int]) -> list[Method]:
+    """Fit a grid per sampler and budget to this case (into ``case.problem.grids``); the methods that
+    run on them: each difflab sampler on its own grids and K_ON_FITTED on every fitted grid."""
+    process, mixture = case.problem.process, case.mixture
+    g = torch.Generator().manual_seed(FIT_SEED)
+    n = FIT_SAMPLES[case.mixture_name]
+    cal = process.sigma_max * torch.randn(n, mixture.dim, generator=g, dtype=torch.float64)
+    exact_cal = mixture.ode(cal, process.sigma_max, 0.0).x
+    labels = [FITTED + name for name in samplers]
+    for name, label in zip(samplers, labels):
+        grids = case.problem.grids.setdefault(label, {})
+        for budget in tqdm(budgets, desc=f"fit {name}", file=sys.stderr, leave=False):
+            fit = optimize(
+                mixture, name, budget, cal, sigma_min=process.sigma_min,
+                sigma_max=process.sigma_max, reference=(exact_cal, case.exact),
+                held_out=case.problem.x, progress=False,
+            )  # fmt: skip
+            grids.setdefault(len(fit.sigmas) - 1, fit.sigmas)
+    ks = [m for m in k_diffusion_methods(labels) if m.sampler in K_ON_FITTED and not m.setting]
+    return [
+        m for name, label in zip(samplers, labels) for m in difflab_methods(name, {}, [label])
+    ] + ks
 
 
 # ------------------------------------------------------------------------------------------------
@@ -265,8 +303,15 @@ def run(method: Method, case: Case, steps: int, log: Log) -> Result | None:
 # tables
 
 
-def best(rows: list[Row], libraries: set[str], budget: int, key: str = "rmse") -> Row | None:
-    pool = [r for r in rows if r.library in libraries and r.budget == budget]
+def best(
+    rows: list[Row], libraries: set[str], budget: int, key: str = "rmse", fitted: bool | None = None
+) -> Row | None:
+    """The row of least ``key``; ``fitted``: only rows on fitted grids (True) or none of them."""
+    pool = [
+        r for r in rows
+        if r.library in libraries and r.budget == budget
+        and (fitted is None or r.grid.startswith(FITTED) == fitted)
+    ]  # fmt: skip
     return min(pool, key=lambda r: getattr(r, key), default=None)
 
 
@@ -289,7 +334,8 @@ def summary_table(case: Case, rows: list[Row], budgets: list[int]) -> tuple[str,
     """The per-budget comparison and the list of missed targets."""
     body, missed = [], []
     for b in budgets:
-        d, a = best(rows, {"difflab"}, b), best(rows, ANCHORS, b)
+        d, a = best(rows, {"difflab"}, b), best(rows, ANCHORS, b, fitted=False)
+        k = best(rows, ANCHORS, b, fitted=True)
         if d is None or a is None:
             continue
         ratio = d.rmse / a.rmse
@@ -303,11 +349,12 @@ def summary_table(case: Case, rows: list[Row], budgets: list[int]) -> tuple[str,
                 str(b), f"{method_name(d)} [{d.nfe}]", f"{d.rmse:.2e}", f"{d.ll_gap:+.4f}",
                 f"{d.sw2:.2e}", f"{method_name(a)} [{a.nfe}]", f"{a.rmse:.2e}", f"{a.ll_gap:+.4f}",
                 f"{a.sw2:.2e}", f"{ratio:.3f}" + ("" if ratio <= RATIO_TARGET else " ✗"),
+                f"{method_name(k)}: {k.rmse:.2e}" if k else "—",
             ]
         )  # fmt: skip
     header = [
         "NFE", "difflab best [NFE]", "RMSE", "dLL", "SW2", "anchor best [NFE]", "RMSE", "dLL",
-        "SW2", "ratio",
+        "SW2", "ratio", "k-diffusion on difflab's fitted grids (RMSE)",
     ]  # fmt: skip
     return markdown(header, body), missed
 
@@ -434,6 +481,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         )
     p.add_argument("--samples", type=int, help="samples per case (overrides the preset's)")
     p.add_argument("--grids", nargs="+", choices=list(GRIDS), help="grids (overrides the preset's)")
+    p.add_argument(
+        "--fit", nargs="*", help="difflab samplers to run on fitted grids (overrides the preset's)"
+    )
     p.add_argument("--out", type=Path, help="write the markdown here and the CSV beside it")
     p.add_argument("--csv", type=Path, help="write every row here (default: --out with .csv)")
     p.add_argument("--mixtures", nargs="+", choices=list(MIXTURES), default=list(MIXTURES))
@@ -468,9 +518,12 @@ def run_cases(args: argparse.Namespace, preset: Preset, log: Log) -> tuple[list[
         for mixture_name, betas in cases:
             bar.set_postfix_str(f"{mixture_name}/{betas}: exact flow")
             case = make_case(mixture_name, betas, args.samples or preset.samples[mixture_name])
+            bar.set_postfix_str(f"{mixture_name}/{betas}: fitting grids")
+            fitted = fit_grids(case, preset.fit if args.fit is None else args.fit, args.budgets)
+            bar.total += len(fitted)
             bar.set_postfix_str(f"{mixture_name}/{betas}")
             case_rows = []
-            for method in methods:
+            for method in methods + fitted:
                 case_rows += evaluate(method, case, args.budgets, log)
                 bar.update()
             text, missed = case_report(case, case_rows, args.budgets)
@@ -545,7 +598,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"### Targets missed\n\n{missed}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        grids = " ".join(args.grids or preset.grids)
+        fit = " ".join(preset.fit if args.fit is None else args.fit) or "none"
+        grids = " ".join(args.grids or preset.grids) + f"; fitted grids for: {fit}"
         header = (
             f"# Samplers on exact mixtures\n\nGenerated by `python benchmarks/samplers.py --{name}` "
             f"(grids: {grids}; torch {torch.__version__}, {args.threads} thread(s)). "
