@@ -3,7 +3,7 @@ space against NFE (best of several samplers at each budget, on the Karras grid a
 own optimized grids where it has them), the data floor, class accuracy of guided samples, bits/dim
 by the probability-flow ODE, and (with the optional extra) Inception FID.
 
-    python benchmarks/mnist_quality.py            # the full table: about 85 min on 2 CPU cores
+    python benchmarks/mnist_quality.py            # the full table: about 95 min on 2 CPU cores
     python benchmarks/mnist_quality.py --quick    # fewer samples and samplers: about 15 min
 
 Every Fréchet distance uses the same number of samples n, and the data floor is the distance between
@@ -54,7 +54,7 @@ def main() -> None:
     p.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20, 50, 100])
     p.add_argument("--samplers", nargs="+", default=["dpmpp_2m", "unipc", "dpmpp_3m"])
     p.add_argument(
-        "--others-up-to", type=int, default=10, help="largest NFE for samplers after the first"
+        "--others-up-to", type=int, default=20, help="largest NFE for samplers after the first"
     )
     p.add_argument("--guidance", type=float, default=2.0, help="guidance of the accuracy check")
     p.add_argument("--bpd-images", type=int, default=64, help="test images for bits/dim")
