@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from difflab import sampling
 from difflab.schedules import optimize
 from difflab.schedules.optimize import OptimizedGrid, golden_section, nelder_mead, optimize_family
 from difflab.testing.gmm import ring2d
@@ -152,6 +153,29 @@ def test_clear_errors() -> None:
         optimize_family(mixture, "euler", 4, cal[:4], family="beta", **kw)
     with pytest.raises(ValueError, match="chooses its own steps"):
         optimize(mixture, "adaptive", 4, cal[:4], **kw)
+    with pytest.raises(ValueError, match="unknown error metric 'mse'"):
+        optimize(mixture, "euler", 4, cal[:4], metric="mse", **kw)
+
+
+def test_metrics_are_the_rms_of_all_errors_and_the_mean_of_per_sample_rms() -> None:
+    """Both errors recomputed by hand from the sampler's endpoints against the exact flow; the
+    grid fitted under each metric is scored by it, and the choice survives JSON."""
+    mixture, cal = _setup()
+    g = torch.Generator().manual_seed(1)
+    held = SIGMA_MAX * torch.randn(64, 2, generator=g, dtype=torch.float64)
+    exact = mixture.ode(held, SIGMA_MAX, 0.0).x
+    ref = (mixture.ode(cal[:64], SIGMA_MAX, 0.0).x, exact)
+    kw = {"sigma_min": SIGMA_MIN, "sigma_max": SIGMA_MAX, "progress": False, "max_evals": 60}
+    fits = {
+        m: optimize(mixture, "euler", 4, cal[:64], metric=m, reference=ref, held_out=held, **kw)
+        for m in ("rmse", "mean_rms")
+    }
+    for metric, fit in fits.items():
+        per_sample = (sampling.get("euler")(mixture, held, fit.sigmas) - exact).square().mean(1)
+        want = per_sample.mean().sqrt() if metric == "rmse" else per_sample.sqrt().mean()
+        assert fit.metric == metric and OptimizedGrid.from_json(fit.to_json()).metric == metric
+        assert fit.held_out_error == pytest.approx(float(want), rel=1e-9)
+    assert fits["rmse"].held_out_error != pytest.approx(fits["mean_rms"].held_out_error, rel=1e-3)
 
 
 def test_nelder_mead_and_golden_section_find_known_minima() -> None:

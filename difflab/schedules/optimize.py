@@ -48,7 +48,15 @@ from torch import Tensor
 from difflab.core import grids as _grids
 from difflab.core.tensors import check_name
 
-__all__ = ["FIXED_GRIDS", "METHODS", "OptimizedGrid", "Reference", "optimize", "optimize_family"]
+__all__ = [
+    "FIXED_GRIDS",
+    "METHODS",
+    "METRICS",
+    "OptimizedGrid",
+    "Reference",
+    "optimize",
+    "optimize_family",
+]
 
 # a sampler name (run on a Karras grid), a callable x -> endpoint, or the endpoints of (calibration,
 # held-out) already computed
@@ -56,6 +64,9 @@ Reference = str | Callable[[Tensor], Tensor] | tuple[Tensor, Tensor]
 
 FIXED_GRIDS = ("karras", "exponential", "kl_optimal")  # the initializations and the baseline
 METHODS = ("direct", "ays")
+# endpoint error e = x - x_ref per sample i: "rmse" = sqrt(mean_i |e_i|^2 / d), dominated by the
+# worst trajectories; "mean_rms" = mean_i sqrt(|e_i|^2 / d), the typical trajectory's error
+METRICS = ("rmse", "mean_rms")
 FAMILIES = ("karras", "exponential")
 _F64 = torch.float64
 _RANGE_EVALS = 12  # golden section of a fixed grid's sigma_last: 0.618^10 ~ 1% of the range
@@ -68,8 +79,8 @@ class OptimizedGrid:
     """An optimized grid and how well it does, on the calibration batch and on held-out noise.
 
     ``fixed`` maps each fixed grid name to (calibration error, held-out error); ``best_fixed`` is the
-    one with the smallest calibration error. Errors are the RMSE of the sampler's endpoint against the
-    reference endpoint from the same start.
+    one with the smallest calibration error. Errors compare the sampler's endpoint with the reference
+    endpoint from the same start by ``metric`` (see :data:`METRICS`).
     """
 
     sigmas: Tensor
@@ -81,6 +92,7 @@ class OptimizedGrid:
     fixed: dict[str, tuple[float, float]]
     best_fixed: str
     params: dict[str, float] = field(default_factory=dict)
+    metric: str = "rmse"
 
     @property
     def steps(self) -> int:
@@ -105,7 +117,7 @@ class OptimizedGrid:
     @classmethod
     def from_json(cls, text: str) -> OptimizedGrid:
         data = json.loads(text)
-        missing = {f for f in cls.__dataclass_fields__ if f != "params"} - set(data)
+        missing = {f for f in cls.__dataclass_fields__ if f not in ("params", "metric")} - set(data)
         if missing:
             raise ValueError(f"OptimizedGrid JSON lacks {', '.join(sorted(missing))}")
         data["sigmas"] = torch.tensor(data["sigmas"], dtype=_F64)
@@ -157,9 +169,12 @@ class _Problem:
         held_out: Tensor | None,
         sampler_options: dict[str, Any],
         cond: dict[str, Any] | None = None,
+        metric: str = "rmse",
     ) -> None:
         from difflab.sampling import get, info
 
+        check_name("error metric", metric, METRICS)
+        self.metric = metric
         if not (0 < sigma_min < sigma_max < math.inf):
             raise ValueError(
                 f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min}, "
@@ -215,10 +230,10 @@ class _Problem:
             )
 
     def error(self, sigmas: Tensor, held: bool = False) -> float:
-        """RMSE over samples and coordinates of the endpoint against the reference endpoint."""
+        """The endpoint's ``metric`` error against the reference endpoint (:data:`METRICS`)."""
         x, ref = (self.x_held, self.ref_held) if held else (self.x_cal, self.ref_cal)
-        out = self.run(sigmas, x)
-        err = float((out.double() - ref.double()).square().mean().sqrt())
+        sq = (self.run(sigmas, x).double() - ref.double()).square().flatten(1).mean(1)
+        err = float(sq.mean().sqrt() if self.metric == "rmse" else sq.sqrt().mean())
         return err if math.isfinite(err) else math.inf
 
     def errors(self, sigmas: Tensor) -> tuple[float, float]:
@@ -511,6 +526,7 @@ def optimize(
     progress: bool = True,
     sampler_options: dict[str, Any] | None = None,
     cond: dict[str, Any] | None = None,
+    metric: str = "rmse",
     **options: Any,
 ) -> OptimizedGrid:
     """The grid minimizing the endpoint error of ``sampler`` at ``nfe`` evaluations for ``denoiser``.
@@ -525,7 +541,8 @@ def optimize(
     ``ode``), or the (calibration, held-out) endpoints already computed. ``held_out``: other
     starting noises for the reported held-out error (default: drawn from ``seed + 1``).
     ``sampler_options`` go to the sampler, ``cond`` to the denoiser (per-sample tensors such as
-    ``labels`` apply alike to the calibration and held-out rows). ``options``: direct ``max_evals``
+    ``labels`` apply alike to the calibration and held-out rows). ``metric``: the error minimized
+    and reported, "rmse" or "mean_rms" (:data:`METRICS`). ``options``: direct ``max_evals``
     (default max(200, 60 (steps - 2))) and ``free_last`` (True); ays ``sweeps`` (3), ``candidates``
     (12), ``samples`` (calibration size). A stochastic sampler is evaluated with common random
     numbers (one generator seeded with ``seed``). The search starts from the best of the fixed grids
@@ -540,7 +557,7 @@ def optimize(
         check_name(f"option for method {method!r}", key, allowed)
     problem = _Problem(
         denoiser, sampler, nfe, calibration, sigma_min, sigma_max, seed, reference,
-        reference_nfe, held_out, dict(sampler_options or {}), cond,
+        reference_nfe, held_out, dict(sampler_options or {}), cond, metric,
     )  # fmt: skip
     fixed = problem.fixed()
     best_fixed = min(fixed, key=lambda k: fixed[k][0])
@@ -558,7 +575,7 @@ def optimize(
             progress,
         )
     cal, held = problem.errors(sigmas)
-    return OptimizedGrid(sigmas, sampler, nfe, method, cal, held, fixed, best_fixed, params)
+    return OptimizedGrid(sigmas, sampler, nfe, method, cal, held, fixed, best_fixed, params, metric)
 
 
 def _family_grid(family: str, steps: int, lo: float, hi: float, p: float) -> Tensor:
@@ -590,6 +607,7 @@ def optimize_family(
     progress: bool = True,
     sampler_options: dict[str, Any] | None = None,
     cond: dict[str, Any] | None = None,
+    metric: str = "rmse",
 ) -> OptimizedGrid:
     """min_p RMSE(sampler(x, family(p)), ref(x)) by golden-section search in p (kept only if better
     than the fixed grid, rho 7 or no shift): Karras
@@ -599,7 +617,7 @@ def optimize_family(
     check_name("grid family", family, FAMILIES)
     problem = _Problem(
         denoiser, sampler, nfe, calibration, sigma_min, sigma_max, seed, reference,
-        reference_nfe, held_out, dict(sampler_options or {}), cond,
+        reference_nfe, held_out, dict(sampler_options or {}), cond, metric,
     )  # fmt: skip
     fixed = problem.fixed()
     best_fixed = min(fixed, key=lambda k: fixed[k][0])
@@ -619,5 +637,5 @@ def optimize_family(
     cal, held = problem.errors(sigmas)
     params = {"rho": p} if family == "karras" else {"shift": math.exp(p)}
     return OptimizedGrid(
-        sigmas, sampler, nfe, f"family:{family}", cal, held, fixed, best_fixed, params
+        sigmas, sampler, nfe, f"family:{family}", cal, held, fixed, best_fixed, params, metric
     )
