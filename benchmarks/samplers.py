@@ -19,9 +19,9 @@ sigma_max, 0), whose endpoints are exact samples of p_0:
 Fitted grids (grid "fitted:<sampler>", --fit): difflab.schedules.optimize(method="direct") fits one
 grid per case, sampler and budget to calibration starts of their own (seed FIT_SEED, never the
 evaluation start) against their exact flow, minimizing this benchmark's RMSE (metric "mean_rms");
-step-grid optimization is part of difflab, so these
-rows count as difflab's. k-diffusion's euler, lms and dpmpp_2m also run on those grids, shown in
-their own column and never counted as the anchors' settings.
+step-grid optimization is part of difflab, so these rows count as difflab's. k-diffusion's euler,
+lms and dpmpp_2m also run on those grids, shown in their own column and never counted as the
+anchors' settings.
 The summary per case: at each budget the difflab method with the smallest RMSE against the anchor
 with the smallest RMSE (ratio = difflab / anchor; target <= 0.5), and their dLL against the floor
 (target |dLL| <= floor from 10 NFE up). Last, the loop overhead per NFE of every sampler with a
