@@ -68,7 +68,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     model = difflab.load(args.model)
-    test = datasets.load("mnist", split="test").x
+    test_split = datasets.load("mnist", split="test")
+    test = test_split.x
     train = datasets.load("mnist", split="train").x
     g = torch.Generator().manual_seed(args.seed)
     reference = test[torch.randperm(len(test), generator=g)[: args.n]]
@@ -130,7 +131,7 @@ def main() -> None:
         )
 
     images = datasets.to_uint8(test[: args.bpd_images])
-    cond = {"labels": datasets.load("mnist", split="test").labels[: args.bpd_images]}
+    cond = {"labels": test_split.labels[: args.bpd_images]}
     t0 = time.perf_counter()
     result = image_bits_per_dim(
         model.denoiser, images, solver="heun", steps=48, divergence="hutchinson", cond=cond
