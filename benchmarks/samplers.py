@@ -65,6 +65,7 @@ from anchors import (
     k_diffusion_methods,
     setting_label,
     sliced_w2,
+    within,
     zero_cost_problem,
 )
 
@@ -198,13 +199,16 @@ def fit_grids(case: Case, samplers: list[str], budgets: list[int]) -> list[Metho
     labels = [FITTED + name for name in samplers]
     for name, label in zip(samplers, labels):
         grids = case.problem.grids.setdefault(label, {})
+        steps_for = within(sampling.info(name).nfe)
         for budget in tqdm(budgets, desc=f"fit {name}", file=sys.stderr, leave=False):
+            if steps_for(budget) in grids:  # a budget with the same steps as one already fitted
+                continue
             fit = optimize(
                 mixture, name, budget, cal, sigma_min=process.sigma_min,
                 sigma_max=process.sigma_max, reference=(exact_cal, case.exact),
                 held_out=case.problem.x, progress=False, metric="mean_rms",
             )  # fmt: skip
-            grids.setdefault(len(fit.sigmas) - 1, fit.sigmas)
+            grids[len(fit.sigmas) - 1] = fit.sigmas
     ks = [m for m in k_diffusion_methods(labels) if m.sampler in K_ON_FITTED and not m.setting]
     return [
         m for name, label in zip(samplers, labels) for m in difflab_methods(name, {}, [label])
