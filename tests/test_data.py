@@ -15,6 +15,7 @@ from PIL import Image
 
 from difflab import data
 from difflab.data import digits, images, mnist, toys
+from difflab.data.dataset import shared_folder
 
 TOY_NAMES = ["moons", "swiss_roll", "checkerboard", "rings", "8gaussians", "25gaussians"]
 _IDX_TYPES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C, np.float32: 0x0D}
@@ -59,7 +60,7 @@ def test_mnist_train(mnist_train: data.Dataset) -> None:
     assert d.labels.dtype == torch.long and int(d.labels[0]) == 5
     assert d.labels.unique().tolist() == list(range(10))
     # the float images are the file's bytes, mapped exactly
-    folder = Path(mnist.__file__).resolve().parents[2].parent / "shared" / "data" / "mnist"
+    folder = shared_folder("mnist")  # where data.load found them
     raw = mnist.read_idx(folder / "train-images-idx3-ubyte.gz", mnist.IMAGES_MAGIC)
     assert torch.equal(data.to_uint8(d.x[:500, 0]), torch.from_numpy(raw[:500].copy()))
 
