@@ -23,12 +23,27 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from difflab.core import processes
 from difflab.core.processes import Process
 from difflab.core.tensors import append_dims, as_tensor, broadcast_sigma, check_name
 
-__all__ = ["PREDICTIONS", "TIME_INPUTS", "Denoiser", "EDMPrecond", "from_x0", "target", "to_x0"]
+__all__ = [
+    "PARAMETERIZATIONS",
+    "PREDICTIONS",
+    "TIME_INPUTS",
+    "Denoiser",
+    "EDMPrecond",
+    "Parameterization",
+    "from_x0",
+    "network_output",
+    "output_slopes",
+    "target",
+    "to_x0",
+]
 
 PREDICTIONS = ("eps", "x0", "v", "score", "velocity")
+# the wrapper's prediction types, plus "edm": EDM preconditioning's F (Karras et al. 2022)
+PARAMETERIZATIONS = (*PREDICTIONS, "edm")
 
 
 def _check_prediction(prediction: str) -> None:
@@ -221,3 +236,131 @@ class EDMPrecond(nn.Module):
         """lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2, which makes the F-loss unit-weighted."""
         sigma = as_tensor(sigma)
         return (sigma.square() + self.sigma_data**2) / (sigma * self.sigma_data).square()
+
+
+Wrapper = Denoiser | EDMPrecond
+
+
+def _check_wrapper(denoiser: Any) -> None:
+    if not isinstance(denoiser, (Denoiser, EDMPrecond)):
+        raise TypeError(
+            f"expected a difflab Denoiser or EDMPrecond, got {type(denoiser).__name__}: wrap the "
+            "network with Parameterization.denoiser(net)"
+        )
+
+
+def network_output(
+    denoiser: Wrapper, x0: Tensor, eps: Tensor, sigma: Tensor, **cond: Any
+) -> tuple[Tensor, Tensor]:
+    """(out, target): the raw network output at x_t = alpha x0 + sigma_t eps (the input the wrapper
+    would give it at x = x0 + sigma eps) and its regression target.
+
+    EDM: F(c_in x, ln(sigma)/4) with target (x0 - c_skip x) / c_out = c_in (sigma/sd x0 - sd eps),
+    written without the cancellation of x0 - c_skip x (Karras et al. 2022, eq. 8).
+    """
+    _check_wrapper(denoiser)
+    sigma = as_tensor(sigma).to(x0.device)
+    if isinstance(denoiser, EDMPrecond):
+        sd = denoiser.sigma_data
+        s = broadcast_sigma(sigma.to(x0.dtype), x0)
+        c_in = torch.rsqrt(s.square() + sd**2)
+        noise_in = torch.rsqrt(1 + (sd / s).square())  # c_in sigma, exact at 0 and inf
+        out = denoiser.net(
+            c_in * x0 + noise_in * eps, _batch_time(sigma.to(x0.dtype).log() / 4, x0), **cond
+        )
+        return out, noise_in / sd * x0 - sd * c_in * eps
+    c = denoiser.coefficients(x0, sigma)
+    x_t = c["alpha"] * x0 + c["sigma"] * eps
+    out = denoiser.net(x_t, _batch_time(denoiser.time(sigma).to(x0.dtype), x0), **cond)
+    derivatives = (c.get("alpha_dot"), c.get("sigma_dot"))
+    return out, target(denoiser.prediction, x0, eps, c["alpha"], c["sigma"], *derivatives)
+
+
+def output_slopes(denoiser: Wrapper, sigma: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    """(g, h) = (d out / d x0_hat, d out / d eps_hat) at a fixed network input, float64, broadcast
+    against x: g from the affine map from_x0 (EDM: 1 / c_out), h = -sigma g. g^2 is the prediction's
+    native loss weight on the x0 error (Kingma & Gao 2023, sec. 2)."""
+    _check_wrapper(denoiser)
+    sigma = as_tensor(sigma).to(device=x.device, dtype=torch.float64)
+    like = torch.zeros((), dtype=torch.float64, device=x.device).expand(x.shape)
+    if isinstance(denoiser, EDMPrecond):
+        sd = denoiser.sigma_data
+        s = broadcast_sigma(sigma, like)
+        c_out = sd * torch.rsqrt(1 + (sd / s).square())
+        return c_out.reciprocal(), -torch.sqrt(s.square() + sd**2) / sd
+    c = denoiser.coefficients(like, sigma)
+    one, zero = torch.ones_like(c["s"]), torch.zeros_like(c["s"])
+    coefs = (c["alpha"], c["sigma"], c.get("alpha_dot"), c.get("sigma_dot"))
+    g = from_x0(denoiser.prediction, one, zero, *coefs)  # x0_hat = 1 at x_t = 0
+    h = target(denoiser.prediction, -c["s"], one, *coefs)  # eps_hat = 1 at x_t = 0
+    return g, h
+
+
+class Parameterization:
+    """How a network meets the process: what it predicts, what time input it sees, and EDM
+    preconditioning ("edm"); owns D(x, sigma) = to_x0(net(alpha x, time(sigma))) and the network's
+    training target (as the probability paths of flow_matching own theirs).
+
+    ``Parameterization(process, prediction="v", time_input="t")``; ``sigma_data`` applies to "edm".
+    Its ``config`` is what a saved model records so that sampling needs nothing of training.
+    """
+
+    KEYS = ("process", "prediction", "time_input", "sigma_data")
+
+    def __init__(
+        self,
+        process: Process | str,
+        prediction: str = "eps",
+        time_input: str = "t",
+        sigma_data: float | None = None,
+    ) -> None:
+        self.process = processes.get(process) if isinstance(process, str) else process
+        check_name("prediction type", prediction, PARAMETERIZATIONS)
+        check_name("time input", time_input, TIME_INPUTS)
+        if sigma_data is not None and prediction != "edm":
+            raise ValueError(f"sigma_data applies to prediction 'edm', not {prediction!r}")
+        self.prediction, self.time_input = prediction, time_input
+        self.sigma_data = (
+            (0.5 if sigma_data is None else float(sigma_data)) if prediction == "edm" else None
+        )
+
+    def denoiser(self, net: nn.Module | Callable[..., Tensor]) -> Wrapper:
+        """The difflab denoiser D(x, sigma) around ``net(x_t, time, **cond)``."""
+        if self.prediction == "edm":
+            return EDMPrecond(net, sigma_data=self.sigma_data)
+        return Denoiser(net, self.process, self.prediction, self.time_input)
+
+    def output_slopes(self, sigma: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(g, h) of :func:`output_slopes`, which need no network."""
+        return output_slopes(self.denoiser(None), sigma, x)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """JSON-able; ``Parameterization.from_config(p.config)`` rebuilds it."""
+        config = {
+            "process": self.process.config(),
+            "prediction": self.prediction,
+            "time_input": self.time_input,
+        }
+        return config | ({"sigma_data": self.sigma_data} if self.prediction == "edm" else {})
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Parameterization:
+        """Inverse of :attr:`config`; other keys (a training objective's) are ignored."""
+        if "process" not in config:
+            raise ValueError("a parameterization config needs a 'process'")
+        process = config["process"]
+        process = (
+            processes.get(process) if isinstance(process, str) else processes.from_config(process)
+        )
+        return cls(process, **{k: config[k] for k in cls.KEYS[1:] if k in config})
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Parameterization) and self.config == other.config
+
+    def __repr__(self) -> str:
+        edm = f", sigma_data={self.sigma_data}" if self.prediction == "edm" else ""
+        return (
+            f"Parameterization({self.process!r}, prediction={self.prediction!r}, "
+            f"time_input={self.time_input!r}{edm})"
+        )

@@ -23,7 +23,14 @@ from torch import Tensor, nn
 
 from difflab.core import parameterization as pz
 from difflab.core import processes
-from difflab.core.parameterization import Denoiser, EDMPrecond
+from difflab.core.parameterization import (
+    Denoiser,
+    EDMPrecond,
+    Parameterization,
+    Wrapper,
+    network_output,
+    output_slopes,
+)
 from difflab.core.processes import Process
 from difflab.core.tensors import (
     as_tensor,
@@ -45,69 +52,7 @@ __all__ = [
     "output_slopes",
 ]
 
-# the wrapper's prediction types, plus "edm": EDM preconditioning's F (Karras et al. 2022)
-PREDICTIONS = (*pz.PREDICTIONS, "edm")
-
-Wrapper = Denoiser | EDMPrecond
-
-
-def _batch_time(time: Tensor, x: Tensor) -> Tensor:
-    return time.expand(x.shape[0]) if time.ndim == 0 else time
-
-
-def _check_wrapper(denoiser: Any) -> None:
-    if not isinstance(denoiser, (Denoiser, EDMPrecond)):
-        raise TypeError(
-            f"expected a difflab Denoiser or EDMPrecond, got {type(denoiser).__name__}: wrap the "
-            "network with Objective.denoiser(net)"
-        )
-
-
-def network_output(
-    denoiser: Wrapper, x0: Tensor, eps: Tensor, sigma: Tensor, **cond: Any
-) -> tuple[Tensor, Tensor]:
-    """(out, target): the raw network output at x_t = alpha x0 + sigma_t eps (the input the wrapper
-    would give it at x = x0 + sigma eps) and its regression target.
-
-    EDM: F(c_in x, ln(sigma)/4) with target (x0 - c_skip x) / c_out = c_in (sigma/sd x0 - sd eps),
-    written without the cancellation of x0 - c_skip x (Karras et al. 2022, eq. 8).
-    """
-    _check_wrapper(denoiser)
-    sigma = as_tensor(sigma).to(x0.device)
-    if isinstance(denoiser, EDMPrecond):
-        sd = denoiser.sigma_data
-        s = broadcast_sigma(sigma.to(x0.dtype), x0)
-        c_in = torch.rsqrt(s.square() + sd**2)
-        noise_in = torch.rsqrt(1 + (sd / s).square())  # c_in sigma, exact at 0 and inf
-        out = denoiser.net(
-            c_in * x0 + noise_in * eps, _batch_time(sigma.to(x0.dtype).log() / 4, x0), **cond
-        )
-        return out, noise_in / sd * x0 - sd * c_in * eps
-    c = denoiser.coefficients(x0, sigma)
-    x_t = c["alpha"] * x0 + c["sigma"] * eps
-    out = denoiser.net(x_t, _batch_time(denoiser.time(sigma).to(x0.dtype), x0), **cond)
-    derivatives = (c.get("alpha_dot"), c.get("sigma_dot"))
-    return out, pz.target(denoiser.prediction, x0, eps, c["alpha"], c["sigma"], *derivatives)
-
-
-def output_slopes(denoiser: Wrapper, sigma: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-    """(g, h) = (d out / d x0_hat, d out / d eps_hat) at a fixed network input, float64, broadcast
-    against x: g from the affine map from_x0 (EDM: 1 / c_out), h = -sigma g. g^2 is the prediction's
-    native loss weight on the x0 error (Kingma & Gao 2023, sec. 2)."""
-    _check_wrapper(denoiser)
-    sigma = as_tensor(sigma).to(device=x.device, dtype=torch.float64)
-    like = torch.zeros((), dtype=torch.float64, device=x.device).expand(x.shape)
-    if isinstance(denoiser, EDMPrecond):
-        sd = denoiser.sigma_data
-        s = broadcast_sigma(sigma, like)
-        c_out = sd * torch.rsqrt(1 + (sd / s).square())
-        return c_out.reciprocal(), -torch.sqrt(s.square() + sd**2) / sd
-    c = denoiser.coefficients(like, sigma)
-    one, zero = torch.ones_like(c["s"]), torch.zeros_like(c["s"])
-    coefs = (c["alpha"], c["sigma"], c.get("alpha_dot"), c.get("sigma_dot"))
-    g = pz.from_x0(denoiser.prediction, one, zero, *coefs)  # x0_hat = 1 at x_t = 0
-    h = pz.target(denoiser.prediction, -c["s"], one, *coefs)  # eps_hat = 1 at x_t = 0
-    return g, h
+PREDICTIONS = pz.PARAMETERIZATIONS
 
 
 def denoising_loss(
@@ -208,9 +153,7 @@ class Objective:
         stratified: bool = False,
         **options: Any,
     ) -> None:
-        self.process = processes.get(process) if isinstance(process, str) else process
         check_name("prediction type", prediction, PREDICTIONS)
-        check_name("time input", time_input, pz.TIME_INPUTS)
         if not 0 <= label_dropout <= 1:
             raise ValueError(f"label_dropout must be a probability in [0, 1], got {label_dropout}")
         weighting_options = Weighting.options_of(weighting)
@@ -224,6 +167,13 @@ class Objective:
                     f"{weighting!r} and noise levels {noise_levels!r}; valid options: "
                     f"{', '.join(valid) or 'none'}"
                 )
+        self.parameterization = Parameterization(
+            process,
+            prediction,
+            time_input,
+            options.get("sigma_data") if prediction == "edm" else None,
+        )
+        self.process = self.parameterization.process
         self.prediction, self.time_input = prediction, time_input
         self.label_dropout, self.immiscible = float(label_dropout), bool(immiscible)
         self.weighting = Weighting(
@@ -235,7 +185,7 @@ class Objective:
             stratified,
             **{k: v for k, v in options.items() if k in level_options},
         )
-        self.sigma_data = options.get("sigma_data", 0.5) if prediction == "edm" else None
+        self.sigma_data = self.parameterization.sigma_data
         self._check_weight_bounded()
 
     def _check_weight_bounded(self) -> None:
@@ -244,7 +194,7 @@ class Objective:
         sigma = self.noise_levels.sample_of(u)
         like = torch.zeros(2, 1, dtype=torch.float64)
         weight = self.weighting.output_weight(
-            sigma[:, None], *output_slopes(self.denoiser(None), sigma, like)
+            sigma[:, None], *self.parameterization.output_slopes(sigma, like)
         )
         for s, w in zip(sigma.tolist(), weight.flatten().tolist()):
             if not math.isfinite(w):
@@ -257,9 +207,7 @@ class Objective:
 
     def denoiser(self, net: nn.Module | Callable[..., Tensor]) -> Wrapper:
         """The difflab denoiser D(x, sigma) around ``net(x_t, time, **cond)`` for this objective."""
-        if self.prediction == "edm":
-            return EDMPrecond(net, sigma_data=self.sigma_data)
-        return Denoiser(net, self.process, self.prediction, self.time_input)
+        return self.parameterization.denoiser(net)
 
     def draw(
         self,

@@ -19,8 +19,8 @@ import torch
 from safetensors import SafetensorError
 from torch import Tensor, nn
 
-from difflab.core.tensors import unknown_name
 from difflab.utils.files import atomic_path, atomic_write_bytes
+from difflab.utils.names import unknown_name
 
 __all__ = [
     "PICKLE_SUFFIXES",
