@@ -1,11 +1,15 @@
 """Test-suite settings and shared fixtures."""
 
+import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
 
-from difflab.testing.anchors import k_diffusion_sampling
+# benchmarks/anchors.py: other libraries' samplers, which the benchmarks and the tests compare against
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from anchors import k_diffusion_sampling
 
 # The suite is dominated by small float64 tensors: one thread is faster there than two, and it keeps
 # timings sane on a shared 2-core machine.

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,8 +15,7 @@ pytest.importorskip("torchsde")
 if importlib.util.find_spec("k_diffusion") is None:  # its __init__ needs torchvision: no import
     pytest.skip("k-diffusion is not installed", allow_module_level=True)
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import anchors
+import anchors  # benchmarks/anchors.py, on the path by conftest.py
 
 from difflab import sampling, schedules
 from difflab.core.processes import VPDiscrete
