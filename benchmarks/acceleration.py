@@ -40,7 +40,7 @@ from difflab.acceleration import (
     DeepCache,
     along_trajectories,
     quantize,
-    uniform_schedule,
+    uniform_refresh,
     with_network,
 )
 from difflab.guidance import classifier_free
@@ -97,15 +97,15 @@ def main() -> None:
 
     rows: list[Row] = [(f"base {SAMPLER}, {s} NFE", s, with_net(None, s), None) for s in BASE_NFE]
     for name, cache in [
-        ("DeepCache N=2", DeepCache(model.network, uniform_schedule(nfe, 2))),
-        ("DeepCache N=3", DeepCache(model.network, uniform_schedule(nfe, 3))),
+        ("DeepCache N=2", DeepCache(model.network, uniform_refresh(nfe, 2))),
+        ("DeepCache N=3", DeepCache(model.network, uniform_refresh(nfe, 3))),
         (
             "DeepCache N=3 + forecast 1",
-            DeepCache(model.network, uniform_schedule(nfe, 3), forecast=1),
+            DeepCache(model.network, uniform_refresh(nfe, 3), forecast=1),
         ),
         (
             "DeepCache N=5 + forecast 1",
-            DeepCache(model.network, uniform_schedule(nfe, 5), forecast=1),
+            DeepCache(model.network, uniform_refresh(nfe, 5), forecast=1),
         ),
     ]:
         rows.append((name, NFE, with_net(cache), cache))

@@ -1,5 +1,5 @@
 """Feature caching (DeepCache, first-block cache, forecasting) on tiny difflab UNets and DiTs: exact
-when nothing is reused, the scheduled number of full evaluations, reset per run, batch safety."""
+when nothing is reused, the planned number of full evaluations, reset per run, batch safety."""
 
 import math
 
@@ -11,8 +11,8 @@ from difflab.acceleration import (
     BlockCache,
     DeepCache,
     FeatureCache,
-    power_schedule,
-    uniform_schedule,
+    power_refresh,
+    uniform_refresh,
     with_network,
 )
 from difflab.core.parameterization import EDMPrecond
@@ -75,7 +75,7 @@ def test_deepcache_interval_1_is_the_uncached_network(unet, name):
     x, labels = _start()
     nfe = sampling.info(name).nfe(STEPS)
     den = EDMPrecond(unet)
-    cache = DeepCache(unet, uniform_schedule(nfe, 1), branch=1)
+    cache = DeepCache(unet, uniform_refresh(nfe, 1), branch=1)
     assert torch.equal(_run(with_network(den, cache), name, x, labels), _run(den, name, x, labels))
     assert cache.evaluations == cache.calls == nfe
 
@@ -85,7 +85,7 @@ def test_blockcache_threshold_0_is_the_uncached_network(dit, name):
     x, labels = _start()
     nfe = sampling.info(name).nfe(STEPS)
     den = EDMPrecond(dit)
-    cache = BlockCache(dit, uniform_schedule(nfe, nfe), threshold=0.0, forecast=1)
+    cache = BlockCache(dit, uniform_refresh(nfe, nfe), threshold=0.0, forecast=1)
     assert torch.equal(_run(with_network(den, cache), name, x, labels), _run(den, name, x, labels))
     assert cache.evaluations == nfe
 
@@ -93,7 +93,7 @@ def test_blockcache_threshold_0_is_the_uncached_network(dit, name):
 def test_guided_sampling_with_a_cache_is_exact_at_interval_1(unet):
     x, labels = _start()
     den = EDMPrecond(unet)
-    cache = DeepCache(unet, uniform_schedule(STEPS, 1))
+    cache = DeepCache(unet, uniform_refresh(STEPS, 1))
     guided = classifier_free(with_network(den, cache), 2.0)
     assert torch.equal(
         _run(guided, "euler", x, labels), _run(classifier_free(den, 2.0), "euler", x, labels)
@@ -116,11 +116,11 @@ def test_a_cached_call_at_the_last_full_input_is_the_full_output(unet, branch):
 
 @pytest.mark.parametrize("interval", [2, 3, 5])
 @pytest.mark.parametrize("name", ["euler", "heun"])
-def test_full_evaluations_drop_as_scheduled(unet, dit, name, interval):
+def test_full_evaluations_drop_as_planned(unet, dit, name, interval):
     x, labels = _start()
     nfe = sampling.info(name).nfe(STEPS)
-    deep = DeepCache(unet, uniform_schedule(nfe, interval), forecast=1)
-    block = BlockCache(dit, uniform_schedule(nfe, interval), threshold=math.inf)
+    deep = DeepCache(unet, uniform_refresh(nfe, interval), forecast=1)
+    block = BlockCache(dit, uniform_refresh(nfe, interval), threshold=math.inf)
     for net, cache in ((unet, deep), (dit, block)):
         out = _run(with_network(EDMPrecond(net), cache), name, x, labels)
         assert cache.calls == nfe and cache.evaluations == math.ceil(nfe / interval)
@@ -129,10 +129,10 @@ def test_full_evaluations_drop_as_scheduled(unet, dit, name, interval):
 
 
 def test_cache_resets_after_each_run_and_batches_are_runs(unet):
-    """Each run of len(schedule) calls starts from an empty cache: two runs with one cache agree,
+    """Each run of len(refresh) calls starts from an empty cache: two runs with one cache agree,
     and batched sampling equals running each batch with a fresh cache."""
     x, labels = _start()
-    cache = DeepCache(unet, uniform_schedule(STEPS, 3), forecast=2)
+    cache = DeepCache(unet, uniform_refresh(STEPS, 3), forecast=2)
     den = with_network(EDMPrecond(unet), cache)
     first, second = _run(den, "euler", x, labels), _run(den, "euler", x, labels)
     assert torch.equal(first, second)
@@ -141,7 +141,7 @@ def test_cache_resets_after_each_run_and_batches_are_runs(unet):
     assert nfe == STEPS and cache.calls == 2 * STEPS + 2 * STEPS
     for rows in (slice(0, 2), slice(2, 4)):
         fresh = with_network(
-            EDMPrecond(unet), DeepCache(unet, uniform_schedule(STEPS, 3), forecast=2)
+            EDMPrecond(unet), DeepCache(unet, uniform_refresh(STEPS, 3), forecast=2)
         )
         gens = sampling.generators(0, 4)[rows]
         start = sampling.randn((2, 1, 8, 8), gens) * 80
@@ -154,10 +154,10 @@ def test_threshold_decisions_are_per_sample(dit, threshold):
     """A sample's output and its reuse decisions do not depend on the other samples in its batch."""
     x, labels = _start()
     nfe = sampling.info("heun").nfe(STEPS)
-    batch = BlockCache(dit, uniform_schedule(nfe, nfe), threshold=threshold, forecast=1)
+    batch = BlockCache(dit, uniform_refresh(nfe, nfe), threshold=threshold, forecast=1)
     together = _run(with_network(EDMPrecond(dit), batch), "heun", x, labels)
     for i in range(4):
-        alone = BlockCache(dit, uniform_schedule(nfe, nfe), threshold=threshold, forecast=1)
+        alone = BlockCache(dit, uniform_refresh(nfe, nfe), threshold=threshold, forecast=1)
         one = _run(with_network(EDMPrecond(dit), alone), "heun", x[i : i + 1], labels[i : i + 1])
         torch.testing.assert_close(together[i : i + 1], one, rtol=1e-5, atol=1e-5)
     assert 1 < batch.evaluations < nfe  # some samples skipped some calls
@@ -189,13 +189,13 @@ def test_forecast_is_exact_on_polynomials_per_sample():
     assert torch.equal(copy.predict(t + 5), feature(t))
 
 
-def test_schedules():
-    assert uniform_schedule(7, 3) == (True, False, False, True, False, False, True)
-    s = power_schedule(20, 6)
+def test_refresh_plans():
+    assert uniform_refresh(7, 3) == (True, False, False, True, False, False, True)
+    s = power_refresh(20, 6)
     assert s[0] and sum(s) <= 6 and len(s) == 20
     middle, ends = sum(s[5:15]), sum(s[:5]) + sum(s[15:])
     assert middle > ends - 1  # denser around the center
-    assert power_schedule(10, 10, power=1.0) == (True,) * 10
+    assert power_refresh(10, 10, power=1.0) == (True,) * 10
 
 
 def test_errors(unet, dit):

@@ -4,8 +4,8 @@
 Feature caching, as modules with the network's own signature that go inside any difflab denoiser
 (so every sampler and guidance method sees a plain denoiser):
 
-    net = DeepCache(model.network, uniform_schedule(nfe, 3), branch=0, forecast=0)   # UNet
-    net = BlockCache(dit, uniform_schedule(nfe, nfe), threshold=0.1, forecast=1)      # DiT
+    net = DeepCache(model.network, uniform_refresh(nfe, 3), branch=0, forecast=0)   # UNet
+    net = BlockCache(dit, uniform_refresh(nfe, nfe), threshold=0.1, forecast=1)      # DiT
     denoiser = with_network(model.denoiser, net)
 
 Post-training int8 quantization calibrated along sampling trajectories (:func:`quantize`,
@@ -14,7 +14,7 @@ distillation and training, reflow: :class:`DistillTrainer`, ``difflab distill``)
 """
 
 from difflab.acceleration.blockcache import BlockCache, relative_change
-from difflab.acceleration.cache import StepCache, power_schedule, uniform_schedule
+from difflab.acceleration.cache import StepCache, power_refresh, uniform_refresh
 from difflab.acceleration.consistency import (
     consistency_levels,
     consistency_loss,
@@ -50,13 +50,13 @@ __all__ = [
     "full_config",
     "halve",
     "ode_step",
-    "power_schedule",
+    "power_refresh",
     "progressive_target",
     "pseudo_huber",
     "quantize",
     "reflow_loss",
     "reflow_pairs",
     "relative_change",
-    "uniform_schedule",
+    "uniform_refresh",
     "with_network",
 ]

@@ -1,5 +1,5 @@
 """Block caching for difflab's DiT with a change threshold: first-block cache (FBCache, as in
-ParaAttention and TeaCache's relative-change test, Liu et al. 2024) over a FORA-style schedule
+ParaAttention and TeaCache's relative-change test, Liu et al. 2024) over a FORA-style refresh plan
 (Selvaraju et al. 2024).
 
 Every call runs the first transformer block, h_1 = B_1(h_0). Its residual r = h_1 - h_0 is
@@ -7,12 +7,12 @@ compared with r_ref, the first block's residual at the sample's last full evalua
 
     delta = mean |r - r_ref| / mean |r_ref|.
 
-Where delta < ``threshold`` (and the schedule does not force a full call) the remaining blocks are
+Where delta < ``threshold`` (and the refresh plan does not force a full call) the remaining blocks are
 skipped and h_L = h_1 + R, with R the stored residual h_L - h_1 of the remaining blocks (reused, or
 forecast from the last full calls). The test and the choice are per sample, so a sample's output
 does not depend on its batch; the samples that need it run the remaining blocks as a sub-batch.
 Threshold 0 never skips (the uncached network exactly); threshold inf skips at every call the
-schedule does not force, which is FORA's static reuse.
+refresh plan does not force, which is FORA's static reuse.
 
 The DiT's own forward runs every call, with its block list swapped for [first block, remaining
 blocks or their cached residual].
@@ -63,7 +63,7 @@ class _Rest(nn.Module):
 class BlockCache(StepCache):
     """A difflab DiT (any network with a ``blocks`` list called as ``block(h, c)``) that skips all
     but its first block where that block's output changed less than ``threshold`` since the
-    sample's last full evaluation. ``schedule``: the calls that are always full (True), the others
+    sample's last full evaluation. ``refresh``: the calls that are always full (True), the others
     skip where the test allows. ``forecast`` and ``variable``: see
     :class:`~difflab.acceleration.cache.StepCache`.
     """
@@ -71,12 +71,12 @@ class BlockCache(StepCache):
     def __init__(
         self,
         dit: nn.Module,
-        schedule: Sequence[bool],
+        refresh: Sequence[bool],
         threshold: float = 0.1,
         forecast: int = 0,
         variable: str = "time",
     ) -> None:
-        super().__init__(dit, schedule, forecast, variable)
+        super().__init__(dit, refresh, forecast, variable)
         blocks = getattr(dit, "blocks", None)
         if not isinstance(blocks, nn.ModuleList) or len(blocks) < 2:
             raise TypeError(

@@ -1,11 +1,11 @@
-"""What every feature cache shares: a per-call schedule of full evaluations, the reset between
-sampling runs, the position features are forecast over, and counts of the work done.
+"""What every feature cache shares: a refresh plan (which calls are full evaluations), the reset
+between sampling runs, the position features are forecast over, and counts of the work done.
 
 A cache wraps a network ``net(x_t, time, labels=None)`` into a module with the same signature, so it
 goes inside any difflab denoiser (:func:`difflab.acceleration.with_network`) and every sampler,
 guidance method and metric sees a plain denoiser. Call k of a sampling run (k = 0 .. NFE - 1) is a
-full evaluation where ``schedule[k]`` is True; elsewhere the cache may reuse or forecast stored
-features. After ``len(schedule)`` calls the cache resets itself, so each sampling run that makes
+full evaluation where ``refresh[k]`` is True; elsewhere the cache may reuse or forecast stored
+features. After ``len(refresh)`` calls the cache resets itself, so each sampling run that makes
 exactly that many calls (``sampling.info(name).nfe(steps)``; a batched :meth:`Model.generate`
 makes one run per batch) starts from an empty cache; :meth:`StepCache.reset` starts one by hand.
 """
@@ -22,12 +22,12 @@ from torch import Tensor, nn
 from difflab.acceleration.features import FeatureCache
 from difflab.core.tensors import check_name
 
-__all__ = ["VARIABLES", "StepCache", "power_schedule", "swapped", "uniform_schedule"]
+__all__ = ["VARIABLES", "StepCache", "power_refresh", "swapped", "uniform_refresh"]
 
 VARIABLES = ("time", "step")
 
 
-def uniform_schedule(nfe: int, interval: int) -> tuple[bool, ...]:
+def uniform_refresh(nfe: int, interval: int) -> tuple[bool, ...]:
     """Full evaluations at calls 0, N, 2N, ... of an NFE-call run (DeepCache's uniform 1:N
     strategy, Ma et al. 2024); interval 1 is every call (no caching)."""
     _check_count(nfe, "nfe")
@@ -35,7 +35,7 @@ def uniform_schedule(nfe: int, interval: int) -> tuple[bool, ...]:
     return tuple(k % interval == 0 for k in range(nfe))
 
 
-def power_schedule(
+def power_refresh(
     nfe: int, full: int, center: float | None = None, power: float = 2.0
 ) -> tuple[bool, ...]:
     """``full`` full evaluations placed densest around call ``center`` (default the middle):
@@ -73,7 +73,8 @@ def swapped(net: nn.Module, **modules: nn.Module) -> Iterator[None]:
 
 
 class StepCache(nn.Module):
-    """Base of the caches: ``forward(x, time, labels)`` runs call k of the schedule.
+    """Base of the caches: ``forward(x, time, labels)`` runs call k of the refresh plan ``refresh``
+    (one boolean per denoiser call of a run, True where the call is a full evaluation).
 
     ``forecast`` is the order of the Newton forecast of cached features (0: reuse them as they
     are); ``variable`` the position they are forecast over: "time", the network's own time input
@@ -83,17 +84,17 @@ class StepCache(nn.Module):
     """
 
     def __init__(
-        self, net: nn.Module, schedule: Sequence[bool], forecast: int = 0, variable: str = "time"
+        self, net: nn.Module, refresh: Sequence[bool], forecast: int = 0, variable: str = "time"
     ) -> None:
         super().__init__()
-        schedule = tuple(schedule)
-        if not schedule or not all(isinstance(s, bool) for s in schedule) or not schedule[0]:
+        refresh = tuple(refresh)
+        if not refresh or not all(isinstance(s, bool) for s in refresh) or not refresh[0]:
             raise ValueError(
-                "a cache schedule is a non-empty sequence of booleans, one per denoiser call, "
+                "a refresh plan is a non-empty sequence of booleans, one per denoiser call, "
                 "starting with True (the first call of a run must be a full evaluation)"
             )
         check_name("forecast variable", variable, VARIABLES)
-        self.net, self.schedule, self.variable = net, schedule, variable
+        self.net, self.refresh, self.variable = net, refresh, variable
         self.features = FeatureCache(forecast)
         self.calls, self.evaluations, self.step = 0, 0.0, 0
 
@@ -103,7 +104,7 @@ class StepCache(nn.Module):
         return self.features.order
 
     def reset(self) -> None:
-        """Start a new sampling run: the next call is call 0 of the schedule."""
+        """Start a new sampling run: the next call is call 0 of the refresh plan."""
         self.step = 0
         self.features.clear()
 
@@ -112,8 +113,8 @@ class StepCache(nn.Module):
         self.calls, self.evaluations = 0, 0.0
 
     def _begin(self, x: Tensor, time: Tensor) -> tuple[bool, Tensor]:
-        """(whether this call is scheduled full, the position of each sample [B] in float64)."""
-        if self.step == len(self.schedule):
+        """(whether this call is a full evaluation, the position of each sample [B] in float64)."""
+        if self.step == len(self.refresh):
             self.reset()
         if self.step == 0:
             self.features.clear()
@@ -121,10 +122,10 @@ class StepCache(nn.Module):
             raise ValueError(
                 f"the cache holds features of {self.features.batch} samples but call "
                 f"{self.step} of the run got {x.shape[0]}: a sampling run must make exactly "
-                f"{len(self.schedule)} denoiser calls (the schedule's length), or call reset() "
+                f"{len(self.refresh)} denoiser calls (the refresh plan's length), or call reset() "
                 "between runs"
             )
-        full = self.schedule[self.step]
+        full = self.refresh[self.step]
         if self.variable == "step":
             t = torch.full((x.shape[0],), float(self.step), dtype=torch.float64, device=x.device)
         else:

@@ -10,7 +10,7 @@ keeps only the input conv, the last up block and the output head.
 
 Both kinds of call run the UNet's own forward: a full call as it is, with a forward hook reading
 the deep feature; a cached call with ``down``, ``mid`` and ``up`` swapped for the shallow blocks and
-a constant that returns the (reused or forecast) deep feature. So a schedule of only full calls is
+a constant that returns the (reused or forecast) deep feature. So a refresh plan of only full calls is
 the uncached network exactly, and a cached call at the input of the last full call is too.
 """
 
@@ -37,7 +37,7 @@ class _Constant(nn.Module):
 
 
 class DeepCache(StepCache):
-    """A difflab UNet whose deep features are recomputed only at the schedule's full calls.
+    """A difflab UNet whose deep features are recomputed only at the full calls of its refresh plan.
 
     ``branch`` in 0 .. len(unet.down) - 1 is the number of down blocks recomputed at cached calls
     (deeper is slower and closer to the full network). ``forecast`` and ``variable``: see
@@ -48,12 +48,12 @@ class DeepCache(StepCache):
     def __init__(
         self,
         unet: nn.Module,
-        schedule: Sequence[bool],
+        refresh: Sequence[bool],
         branch: int = 0,
         forecast: int = 0,
         variable: str = "time",
     ) -> None:
-        super().__init__(unet, schedule, forecast, variable)
+        super().__init__(unet, refresh, forecast, variable)
         for name in ("down", "mid", "up"):
             if not isinstance(getattr(unet, name, None), nn.Module):
                 raise TypeError(
