@@ -1,4 +1,4 @@
-"""difflab.evaluation: sample quality against reference splits, and samplers compared at equal NFE."""
+"""difflab.metrics: sample quality against reference splits, and samplers compared at equal NFE."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ from PIL import Image
 
 from difflab import data, models, pretrained, sampling
 from difflab.data import Dataset
-from difflab.evaluation import (
+from difflab.metrics import (
     NfeRow,
     bench_nfe,
     evaluate_samples,
@@ -15,8 +15,8 @@ from difflab.evaluation import (
     load_reference,
     plot_nfe,
     read_samples,
-    steps_for_nfe,
 )
+from difflab.metrics.nfe import steps_for_nfe
 from difflab.training.objectives import Objective
 
 REF_N = 400  # reference samples: enough for a stable Fréchet distance in 128 features, and fast
@@ -146,7 +146,7 @@ def test_bench_nfe_checks_its_input_before_sampling(mnist_model, tmp_path):
     with pytest.raises(ValueError, match="shape"):
         bench_nfe(mnist_model, ["euler"], [2], n=4, reference="moons-test", reference_n=50)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        bench_nfe(tmp_path / "missing", ["euler"], [2], n=4)
+        bench_nfe(pretrained.load(tmp_path / "missing"), ["euler"], [2], n=4)
 
 
 def test_format_table_has_one_line_per_row(mnist_rows):

@@ -84,7 +84,7 @@ def add(commands: Any) -> None:
 def run_eval(args: argparse.Namespace) -> None:
     import json
 
-    from difflab.evaluation import evaluate_samples, read_samples
+    from difflab.metrics import evaluate_samples, read_samples
     from difflab.utils.files import atomic_write_bytes
 
     positive(args.n, "--n", minimum=2)
@@ -118,7 +118,7 @@ def run_bench(args: argparse.Namespace) -> None:
     import torch
 
     from difflab import pretrained
-    from difflab.evaluation import bench_nfe, format_table, plot_nfe
+    from difflab.metrics import bench_nfe, format_table, plot_nfe
 
     positive(args.n, "--n", minimum=2)
     positive(args.reference_n, "--reference-n", minimum=2)

@@ -1,10 +1,9 @@
-"""Layer 5: judge samples and samplers in one call.
+"""Samplers compared at equal numbers of denoiser evaluations (NFE): ``bench_nfe`` samples a model
+with several samplers at each NFE budget and measures the Fréchet distance of their samples to a
+reference; ``format_table`` and ``plot_nfe`` show the result.
 
-``evaluate_samples`` scores MNIST-shaped images in the shipped classifier's features (Fréchet
-distance, precision/recall, density/coverage, MMD, class accuracy; optionally Inception FID) and 2-D
-(or any) vectors by their Fréchet distance, sliced W2 and MMD, each against a reference split such as
-"mnist-test" or "moons-test". ``bench_nfe`` samples a saved model with several samplers at equal
-numbers of denoiser evaluations (NFE) and ``plot_nfe`` / ``format_table`` show the result.
+The model is anything with the members of :class:`SamplingModel`, as :class:`difflab.pretrained.Model`
+has (metrics sit below saved models in the layers of DESIGN.md, so they take a model, never load one).
 """
 
 from __future__ import annotations
@@ -13,130 +12,39 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any, Protocol
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-from difflab import data, pretrained, sampling
-from difflab.core.tensors import unknown_name
-from difflab.data.arrays import read_arrays
-from difflab.metrics import (
-    evaluate_images,
-    frechet_distance,
-    frechet_from_stats,
-    gaussian_stats,
-    mmd2,
-    mnist_features,
-    sliced_w2,
-)
-from difflab.pretrained.generate import step_grid
+from difflab import data, sampling
+from difflab.metrics.classifier import mnist_features
+from difflab.metrics.evaluate import check_same_kind, load_reference
+from difflab.metrics.frechet import frechet_from_stats, gaussian_stats
 from difflab.utils.images import save_png
 
-__all__ = [
-    "NfeRow",
-    "bench_nfe",
-    "evaluate_samples",
-    "format_table",
-    "load_reference",
-    "plot_nfe",
-    "read_samples",
-    "steps_for_nfe",
-]
-
-SPLITS = ("train", "test")
+__all__ = ["NfeRow", "SamplingModel", "bench_nfe", "format_table", "plot_nfe", "steps_for_nfe"]
 
 
-def load_reference(reference: str | os.PathLike[str] | Tensor | np.ndarray, n: int) -> Tensor:
-    """Up to ``n`` reference samples: the first n of a data set's split named "name-split"
-    ("mnist-test", "moons-test"; a bare name means its test split; a toy's split is drawn with n
-    samples), of a .npy / .npz file or image folder, or of a given tensor or array."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"need at least 2 reference samples, got n = {n!r}")
-    if isinstance(reference, Tensor | np.ndarray):
-        return torch.as_tensor(reference)[:n]
-    key = str(reference)
-    name, _, split = key.rpartition("-")
-    if split not in SPLITS or not name:
-        name, split = key, "test"
-    if isinstance(reference, str) and name in data.available():
-        options = {"n": n} if name in data.toys.TOYS else {}
-        return data.load(name, split, **options).x[:n]
-    if not Path(key).exists():
-        raise ValueError(
-            f"{unknown_name('reference data set', name, data.available())}; a reference is a "
-            "split written name-split (e.g. 'mnist-test') or an existing path"
-        )
-    return data.load(key).x[:n]
+class SamplingModel(Protocol):
+    """What :func:`bench_nfe` needs of a model: its ``name``, the ``shape`` of one sample, its
+    ``config`` (whose "data" section names the training data), its default step ``grid()``, and
+    ``generate(n, sampler=, steps=, guidance=, seed=)`` returning samples ``x`` with the ``nfe``
+    spent and the ``seconds`` taken."""
 
+    @property
+    def name(self) -> str: ...
 
-def read_samples(path: str | os.PathLike[str]) -> tuple[Tensor, Tensor | None]:
-    """(samples, labels or None) from a .npz written by ``difflab sample`` (arrays "images" uint8 or
-    "samples", and "labels"; labels count only when none is -1, the null class) or a .npy file."""
-    samples, labels = read_arrays(path)
-    if samples.dtype != np.uint8 and samples.dtype.kind not in "f":
-        raise ValueError(f"{path}: samples must be uint8 images or floats, got {samples.dtype}")
-    x = torch.from_numpy(samples)
-    if labels is None or labels.dtype.kind not in "iu" or (labels < 0).any():
-        return x, None
-    return x, torch.from_numpy(labels.astype(np.int64))
+    @property
+    def shape(self) -> tuple[int, ...]: ...
 
+    @property
+    def config(self) -> dict[str, Any]: ...
 
-def _is_vectors(x: Tensor) -> bool:
-    return x.ndim == 2
+    def grid(self) -> Tensor: ...
 
-
-def _check_same_kind(samples: Tensor, reference: Tensor, what: str) -> None:
-    if _is_vectors(samples) != _is_vectors(reference) or (
-        _is_vectors(samples) and samples.shape[1] != reference.shape[1]
-    ):
-        raise ValueError(
-            f"{what} are of shape {list(samples.shape[1:])} but the reference samples are of "
-            f"shape {list(reference.shape[1:])}: pass a matching reference (e.g. 'mnist-test' for "
-            "MNIST images, 'moons-test' for 2-D points)"
-        )
-
-
-def evaluate_samples(
-    samples: Tensor | np.ndarray,
-    labels: Tensor | np.ndarray | None = None,
-    reference: str | os.PathLike[str] | Tensor | np.ndarray = "mnist-test",
-    n: int = 10_000,
-    *,
-    inception: bool = False,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Sample quality against ``n`` reference samples (:func:`load_reference`).
-
-    MNIST images (uint8, or float in [-1, 1]): :func:`difflab.metrics.evaluate_images`, i.e. the
-    Fréchet distance (Heusel et al. 2017), precision/recall, density/coverage and MMD^2 in the
-    shipped classifier's features, class accuracy with ``labels``, and with ``inception`` the
-    Inception FID (optional extra). Vectors [N, D]: the Fréchet distance of the raw vectors, sliced
-    W2 (Bonneel et al. 2015; projections seeded by ``seed``) and RBF MMD^2 (Gretton et al. 2012).
-    """
-    x = torch.as_tensor(samples)
-    if len(x) < 2:
-        raise ValueError(f"need at least 2 samples, got shape {tuple(x.shape)}")
-    ref = load_reference(reference, n)
-    _check_same_kind(x, ref, "the samples")
-    if not _is_vectors(x):
-        y = None if labels is None else torch.as_tensor(labels)
-        result = evaluate_images(x, ref, y)
-        if inception:
-            from difflab.metrics.inception import inception_fid
-
-            result["inception_fid"] = inception_fid(x, ref)
-        return result
-    if labels is not None or inception:
-        raise ValueError("class accuracy and Inception FID need images; these samples are vectors")
-    x, ref = x.double(), ref.double()
-    return {
-        "frechet_distance": frechet_distance(x, ref),
-        "sliced_w2": sliced_w2(x, ref, generator=torch.Generator().manual_seed(seed)),
-        "mmd2": mmd2(x, ref),
-    }
+    def generate(self, n: int, *, sampler: str, steps: int, guidance: float, seed: int) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -155,17 +63,10 @@ class NfeRow:
 def steps_for_nfe(sampler: str, nfe: int, infinite_start: bool = False) -> int | None:
     """The step count whose NFE (the sampler registry's count) is exactly ``nfe``, or None where
     no step count spends exactly that many (e.g. an even NFE for Heun, 2 steps - 1)."""
-    info = sampling.info(sampler)
-    if info.adaptive:
-        raise ValueError(f"sampler {sampler!r} chooses its steps adaptively: it has no fixed NFE")
-    for steps in range(1, nfe + 1):  # every step spends at least one evaluation
-        spent = info.nfe(steps, infinite_start)
-        if spent >= nfe:
-            return steps if spent == nfe else None
-    return None
+    return sampling.info(sampler).steps_for(nfe, infinite_start, exact=True)
 
 
-def _default_reference(model: pretrained.Model) -> str:
+def _default_reference(model: SamplingModel) -> str:
     name = str(model.config["data"].get("name", "")).split("/")[0]
     if name not in data.available():
         raise ValueError(
@@ -184,7 +85,7 @@ def _features(shape: tuple[int, ...]) -> Callable[[Tensor], Tensor]:
 
 
 def bench_nfe(
-    model: str | os.PathLike[str] | pretrained.Model,
+    model: SamplingModel,
     samplers: Sequence[str],
     nfes: Sequence[int],
     n: int = 500,
@@ -198,9 +99,10 @@ def bench_nfe(
     whose NFE equals the budget exactly (:func:`steps_for_nfe`; budgets it cannot meet are left
     out), from the same seeded noise, on the model's default step grid; images are quantized to
     8 bits first. Reference: ``reference_n`` samples of ``reference`` (default: the test split of
-    the model's training data)."""
+    the model's training data). ``model``: a loaded model (:class:`SamplingModel`), e.g.
+    ``difflab.load("mnist")``."""
     if isinstance(model, str | os.PathLike):
-        model = pretrained.load(model)
+        raise TypeError(f"bench_nfe takes a model, not a path: pass difflab.load({str(model)!r})")
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise ValueError(f"n must be an integer >= 2 (a covariance needs 2 samples), got {n!r}")
     bad = [b for b in nfes if isinstance(b, bool) or not isinstance(b, int) or b < 1]
@@ -208,19 +110,16 @@ def bench_nfe(
         raise ValueError(f"NFE budgets must be positive integers, got {list(nfes)}")
     if not samplers:
         raise ValueError("name at least one sampler")
-    d = model.defaults
-    first = step_grid(
-        d["schedule"], 1, model.objective.process, d.get("sigma_min"), d.get("sigma_max")
-    )[0]
+    infinite = math.isinf(float(model.grid()[0]))  # such a start may cost one more evaluation
     plan = [
-        (name, budget, steps_for_nfe(name, budget, math.isinf(float(first))))
+        (name, budget, steps_for_nfe(name, budget, infinite))
         for name in samplers
         for budget in nfes
     ]
     ref = load_reference(reference or _default_reference(model), reference_n)
     features = _features(model.shape)
     probe = torch.zeros(2, *model.shape)
-    _check_same_kind(probe, ref, f"{model.name}'s samples")
+    check_same_kind(probe, ref, f"{model.name}'s samples")
     features(probe)  # images the feature network cannot take fail here, before any sampling
     ref_stats = gaussian_stats(features(ref))
     rows = []
