@@ -50,8 +50,9 @@ import torch
 from torch import Tensor
 
 from difflab import sampling, schedules
+from difflab.core.counting import CountingDenoiser
 from difflab.core.processes import VPDiscrete
-from difflab.testing.checks import CountingDenoiser
+from difflab.sampling.registry import steps_within
 
 __all__ = [
     "ADAPTIVE",
@@ -189,7 +190,7 @@ def within(nfe: Callable[[int], int]) -> Callable[[int], int | None]:
         except Exception:
             return math.inf
 
-    return lambda budget: next((n for n in range(budget, 0, -1) if cost(n) <= budget), None)
+    return lambda budget: steps_within(cost, budget)
 
 
 def setting_label(options: dict[str, Any]) -> str:

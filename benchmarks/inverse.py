@@ -6,7 +6,7 @@ shipped model as the prior.
     python benchmarks/inverse.py                  # ~18 min: 200 NFE on the mixture, MNIST at 50
     python benchmarks/inverse.py --skip-mnist     # the exact-mixture tables only
 
-Exact-mixture part: difflab.testing.projection_problem() (also the problem of tests/test_inverse.py):
+Exact-mixture part: difflab.testing.projection_problem() (also the problem of tests/test_restoration.py):
 a 3-component diagonal mixture in R^4 measured through a random 2 x 4 projection with noise 0.2, whose
 posterior has two modes 3.3 apart with weights 0.65 / 0.35; p(y) and p(x0 | y) are closed forms. Each method draws n
 posterior samples from the same start noise on a Karras grid 80 -> 0.005 -> 0; the columns are
@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from difflab import sampling, schedules
-from difflab.inverse import Matrix, ddrm, dps, pigdm, smc
+from difflab.restoration import Matrix, Measurement, ddrm, dps, pigdm, smc
 from difflab.testing import projection_problem
 
 
@@ -108,9 +108,7 @@ def mixture_tables(nfes: list[int], n: int, particles: list[int]) -> None:
             t = time.perf_counter()
             out = fn(
                 prior,
-                op,
-                y,
-                noise,
+                Measurement(op, y, noise),
                 x,
                 sigmas,
                 generator=torch.Generator().manual_seed(7),
@@ -128,8 +126,8 @@ def mixture_tables(nfes: list[int], n: int, particles: list[int]) -> None:
             )
             t = time.perf_counter()
             res = smc(
-                prior, op, p["y"].expand(groups, 2), noise, xs * float(sigmas[0]), sigmas,
-                particles=k, generator=torch.Generator().manual_seed(k + 1),
+                prior, Measurement(op, p["y"].expand(groups, 2), noise), xs * float(sigmas[0]),
+                sigmas, particles=k, generator=torch.Generator().manual_seed(k + 1),
             )  # fmt: skip
             seconds = time.perf_counter() - t
             means = res.x.view(groups, k, 4).mean(1)
@@ -146,18 +144,16 @@ def mnist_tables(n: int, nfe: int, particles: int, zeta: float, grid_out: str, s
     import difflab
     from difflab import data
     from difflab.data import to_uint8
-    from difflab.inverse.restore import measure, psnr, restore, shown, task_operator
     from difflab.metrics import class_accuracy
     from difflab.pretrained.generate import step_grid
+    from difflab.restoration.restore import measure, psnr, restore, shown, task_operator
     from difflab.utils.images import image_grid, save_png
 
     model = difflab.load("mnist")
     truth, labels = data.load("mnist", split="test")[slice(0, n)]
     cond = {"labels": torch.full((n,), -1)}
     d = model.defaults
-    sigmas = step_grid(
-        "karras", nfe, model.objective.process, d.get("sigma_min"), d.get("sigma_max")
-    )
+    sigmas = step_grid("karras", nfe, model.process, d.get("sigma_min"), d.get("sigma_max"))
     methods: list[tuple[str, dict[str, Any]]] = [
         ("ddrm", {}),
         ("pigdm", {}),
@@ -185,7 +181,13 @@ def mnist_tables(n: int, nfe: int, particles: int, zeta: float, grid_out: str, s
             t = time.perf_counter()
             with torch.no_grad():
                 out = restore(
-                    model.denoiser, op, y, 0.05, sigmas, name, seed=seed + 1, cond=cond, **options
+                    model.denoiser,
+                    Measurement(op, y, 0.05),
+                    sigmas,
+                    name,
+                    seed=seed + 1,
+                    cond=cond,
+                    **options,
                 )
             seconds = time.perf_counter() - t
             setting = ", ".join(f"{k} {v}" for k, v in options.items())

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -30,6 +29,7 @@ import torch
 
 import difflab
 from difflab import inversion, schedules
+from difflab.core.counting import CountingDenoiser
 from difflab.data import load, to_uint8
 from difflab.metrics import class_accuracy
 from difflab.models.class_embedding import embedding_denoiser, null_embedding
@@ -58,15 +58,9 @@ METHODS: list[tuple[str, str, dict[str, Any], float]] = [
 ]
 
 
-class Counter:
-    """Counts the denoiser's input rows; ``per_sample(b)`` = network evaluations per sample."""
-
-    def __init__(self, denoiser: Callable[..., torch.Tensor]) -> None:
-        self.denoiser, self.rows = denoiser, 0
-
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **cond: Any) -> torch.Tensor:
-        self.rows += x.shape[0]
-        return self.denoiser(x, sigma, **cond)
+class Counter(CountingDenoiser):
+    """Counts the denoiser's input rows; ``take(b)`` = network evaluations per sample since the
+    last take."""
 
     def take(self, batch: int) -> float:
         n, self.rows = self.rows / batch, 0

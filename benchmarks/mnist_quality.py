@@ -31,7 +31,7 @@ from difflab.metrics import (
     inception,
     mnist_features,
 )
-from difflab.pretrained import schedules as saved
+from difflab.pretrained import grids as saved
 
 FID_SAMPLER, FID_NFE = "dpmpp_2m", 20  # the Inception FID's samples (the table's, when it has them)
 
@@ -39,12 +39,7 @@ FID_SAMPLER, FID_NFE = "dpmpp_2m", 20  # the Inception FID's samples (the table'
 def steps_for(sampler: str, nfe: int) -> int | None:
     """The step count whose NFE is exactly ``nfe`` (None when the sampler cannot hit it)."""
     info = sampling.info(sampler)
-    if info.adaptive:
-        return None
-    for steps in range(1, nfe + 1):
-        if info.nfe(steps) == nfe:
-            return steps
-    return None
+    return None if info.adaptive else info.steps_for(nfe, exact=True)
 
 
 def main() -> None:

@@ -58,13 +58,6 @@ def _noise(n: int, dim: int, sigma: float, seed: int) -> Tensor:
     return sigma * torch.randn(n, dim, generator=g, dtype=torch.float64)
 
 
-def _steps(sampler: str, nfe: int) -> int:
-    entry, n = info(sampler), 1
-    while entry.nfe(n + 1) <= nfe:
-        n += 1
-    return n
-
-
 def _rmse(a: Tensor, b: Tensor) -> float:
     return float((a - b).square().mean().sqrt())
 
@@ -91,7 +84,7 @@ def run(args: argparse.Namespace) -> None:
         }  # fmt: skip
         ays_grids = {}
         for nfe in args.budgets:
-            steps = _steps("euler", nfe)
+            steps = info("euler").steps_for(nfe)
             if steps >= 2 and steps not in ays_grids:
                 ays = optimize(
                     mixture, "euler", nfe, cal_ays, method="ays", sweeps=args.sweeps,
@@ -105,7 +98,7 @@ def run(args: argparse.Namespace) -> None:
         for sampler in args.samplers:
             fn = get(sampler)
             for nfe in args.budgets:
-                steps = _steps(sampler, nfe)
+                steps = info(sampler).steps_for(nfe)
                 row: dict[str, float] = {}
                 for grid in FIXED:
                     kw = {"process": process, "spacing": "trailing"} if grid == "uniform_t" else {}
@@ -145,7 +138,7 @@ def mnist(args: argparse.Namespace) -> None:
     import difflab
     from difflab import data as datasets
     from difflab.metrics import frechet_distance, mnist_features
-    from difflab.pretrained import schedules as saved
+    from difflab.pretrained import grids as saved
 
     model = difflab.load("mnist")
     test = datasets.load("mnist", split="test").x

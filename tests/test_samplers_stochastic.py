@@ -261,6 +261,22 @@ def test_restart_on_a_grid_above_restart_max():
     assert torch.isfinite(out).all() and counter.calls == sampling.info("restart").nfe(2) == 11
 
 
+def test_restart_runs_down_the_karras_grid():
+    """Restart's inner levels from t_max back to t_min are the Karras grid of core.grids (rho 7),
+    the one Karras formula: every level it evaluates lies on the main grid or on that one."""
+    seen: set[float] = set()
+    mix = random_mixture(2, 2, seed=0)
+
+    def denoiser(x, sigma):
+        seen.add(float(sigma[0]))
+        return mix(x, sigma)
+
+    grid = [10.0, 2.0, 0.06, 0.0]
+    sampling.get("restart")(denoiser, torch.randn(4, 2, dtype=torch.float64), grid, restart_steps=3)
+    inner = schedules.karras(4, 0.06, 0.30, append_zero=False).tolist()
+    assert seen == {10.0, 2.0, 0.06, *inner}
+
+
 @pytest.mark.parametrize(("name", "options"), [(n, {}) for n in SAMPLERS] + NFE_CASES[-5:-2])
 def test_batch_invariance_with_per_sample_generators(name, options):
     assert batch_invariance(sampling.get(name), stochastic=True, **options) == 0

@@ -6,11 +6,14 @@ import pytest
 import torch
 
 from difflab import sampling, schedules
+from difflab.acceleration import ode_step
+from difflab.core.counting import CountingDenoiser
 from difflab.core.processes import VPDiscrete
-from difflab.sampling.steps import final_step, final_weight
+from difflab.sampling.registry import steps_within
+from difflab.sampling.steps import final_step, final_weight, heun_step
 from difflab.testing import random_mixture, ring2d, stiff
+from difflab.testing.checks import CountingDenoiser as checks_counting
 from difflab.testing.checks import (
-    CountingDenoiser,
     batch_invariance,
     check_sampler,
     convergence_order,
@@ -198,3 +201,64 @@ def test_final_step_with_history_is_second_order_in_tau():
             (final_step(x_last, d, "tau", s, (eps_prev, s_prev)) - truth).norm(dim=1).mean()
         )
         assert with_history < plain / 2, (float(with_history), float(plain))
+
+
+# --------------------------------------------------------------------------------------------
+# the small pieces written once: Heun's step, NFE budget -> steps, the counting denoiser
+
+
+def test_heun_step_is_the_one_heun_of_the_samplers_and_the_teacher():
+    """sampling.steps.heun_step is heun's step, EDM's and Restart's, and the distillation
+    teacher's with a level per sample: on one interval s -> s' > 0 all give the same x'."""
+    mix = random_mixture(2, 2, seed=0)
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    s, nxt = 3.0, 1.2
+    by_hand = heun_step(x, mix(x, s), s, nxt, lambda u: mix(u, nxt))
+    assert torch.equal(sampling.get("heun")(mix, x, [s, nxt]), by_hand)
+    g = torch.Generator()
+    assert torch.equal(sampling.get("edm")(mix, x, [s, nxt], s_churn=0.0, generator=g), by_hand)
+    levels = torch.full((5,), s, dtype=torch.float64), torch.full((5,), nxt, dtype=torch.float64)
+    assert torch.equal(ode_step(mix, x, *levels, solver="heun"), by_hand)
+    # a level per sample: row i is the step of its own levels
+    s_rows = torch.tensor([3.0, 2.0, 1.0, 0.5, 0.2], dtype=torch.float64)[:, None]
+    rows = heun_step(
+        x, mix(x, s_rows[:, 0]), s_rows, s_rows / 2, lambda u: mix(u, s_rows[:, 0] / 2)
+    )
+    for i in range(5):
+        a, b = float(s_rows[i]), float(s_rows[i]) / 2
+        one = heun_step(x[i : i + 1], mix(x[i : i + 1], a), a, b, lambda u, b=b: mix(u, b))
+        torch.testing.assert_close(rows[i : i + 1], one, rtol=1e-14, atol=0)
+
+
+def test_nfe_budget_to_steps_is_the_registry_rule():
+    heun = sampling.info("heun")  # 2 steps - 1
+    assert heun.steps_for(10) == 5 and heun.steps_for(9) == 5 and heun.steps_for(1) == 1
+    assert heun.steps_for(10, exact=True) is None and heun.steps_for(9, exact=True) == 5
+    assert heun.steps_for(0) is None
+    assert heun.steps_for(4, infinite_start=True, exact=True) == 3  # 1 + (2 (steps - 1) - 1)
+    restart = sampling.info("restart")  # 2 n - 1 + 2 K r from n = 2 on
+    assert restart.steps_for(20, restart_k=1) == 8 and restart.nfe(8, restart_k=1) == 19
+    for name in ("euler", "heun", "dpm_solver_3", "restart"):
+        info = sampling.info(name)
+        for budget in range(1, 40):
+            steps = info.steps_for(budget)
+            assert steps is None or info.nfe(steps) <= budget < info.nfe(steps + 1)
+    with pytest.raises(ValueError, match="adaptively"):
+        sampling.info("adaptive").steps_for(10)
+    with pytest.raises(ValueError, match="must be an integer"):
+        heun.steps_for(10.0)
+    # any cost rule, another library's too; a step count it cannot run (inf) does not fit
+    assert steps_within(lambda n: math.inf if n < 3 else n, 6) == 6
+    assert steps_within(lambda n: 3 * n - 1, 7) == 2 and steps_within(lambda n: 3 * n, 2) is None
+    assert steps_within(lambda n: 3 * n - 1, 7, exact=True) is None
+
+
+def test_the_counting_denoiser_counts_calls_and_rows():
+    mix = random_mixture(2, 2, seed=0)
+    counter = CountingDenoiser(mix)
+    assert CountingDenoiser is checks_counting  # one class, two names
+    sampling.get("heun")(counter, torch.randn(3, 2, dtype=torch.float64), [10.0, 1.0, 0.0])
+    assert counter.calls == sampling.info("heun").nfe(2) == 3 and counter.rows == 9
+    assert counter.dim == mix.dim  # other attributes are the wrapped denoiser's
+    with pytest.raises(AttributeError):
+        _ = counter.no_such_attribute

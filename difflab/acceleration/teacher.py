@@ -5,6 +5,8 @@ distillation recipe imitates (x = x0 + sigma eps coordinates, DESIGN.md).
     heun:          x' = x + (s' - s)(e + e') / 2,  e = (x - D(x, s)) / s,
                    e' = (x_E - D(x_E, s')) / s' at the Euler point x_E       (Karras et al. 2022)
 
+both the samplers' own steps (:mod:`difflab.sampling.steps`), with a level per sample.
+
 Heun falls back to Euler for a sample whose step ends at s' = 0 (the last interval), as the
 difflab samplers do.
 """
@@ -18,6 +20,7 @@ import torch
 from torch import Tensor
 
 from difflab.core.tensors import append_dims, check_name
+from difflab.sampling.steps import ddim_step, heun_step
 
 __all__ = ["SOLVERS", "ode_step"]
 
@@ -36,12 +39,10 @@ def ode_step(
     check_name("teacher solver", solver, SOLVERS)
     s, s_next = append_dims(sigma, x.ndim), append_dims(sigma_next, x.ndim)
     denoised = denoiser(x, sigma, **cond)
-    x_euler = denoised + (s_next / s) * (x - denoised)
+    x_euler = ddim_step(x, denoised, s, s_next)
     if solver == "euler":
         return x_euler
     last = sigma_next == 0
     at = torch.where(last, sigma, sigma_next)  # never evaluate at sigma = 0; those rows use Euler
-    denoised_next = denoiser(x_euler, at, **cond)
-    eps, eps_next = (x - denoised) / s, (x_euler - denoised_next) / append_dims(at, x.ndim)
-    x_heun = x + (s_next - s) * (eps + eps_next) / 2
+    x_heun = heun_step(x, denoised, s, append_dims(at, x.ndim), lambda u: denoiser(u, at, **cond))
     return torch.where(append_dims(last, x.ndim), x_euler, x_heun)

@@ -1,44 +1,25 @@
-"""Layer 2: inverse problems y = A(x0) + noise solved with a diffusion prior (any denoiser):
-measurement operators with their SVD, and DPS, PiGDM, DDRM and twisted SMC, each judged against
-the exact posterior of a Gaussian mixture (docs/inverse.md)."""
+"""Deprecated: the old name of :mod:`difflab.restoration` (renamed so that it does not read like
+:mod:`difflab.inversion`). Importing it warns once. It re-exports difflab.restoration, and its
+submodules (``difflab.inverse.operators``, ``difflab.inverse.restore``, ...) are the restoration
+modules themselves, so every object is the same one."""
 
-from difflab.inverse.ddrm import ddrm
-from difflab.inverse.dps import dps
-from difflab.inverse.likelihood import log_likelihood, posterior_variance
-from difflab.inverse.operators import (
-    MASKS,
-    Inpainting,
-    LinearOperator,
-    Matrix,
-    Separable,
-    downsample,
-    gaussian_blur,
-    mask,
-    random_projection,
-    uniform_blur,
+import importlib
+import pkgutil
+import sys
+import warnings
+
+from difflab import restoration
+from difflab.restoration import *  # noqa: F403
+from difflab.restoration import __all__  # noqa: F401
+
+warnings.warn(  # stacklevel 2: the importer (warnings skips importlib's own frames)
+    "difflab.inverse is deprecated: import difflab.restoration instead",
+    DeprecationWarning,
+    stacklevel=2,
 )
-from difflab.inverse.pigdm import pigdm, pigdm_denoiser
-from difflab.inverse.smc import SMCResult, effective_sample_size, smc, systematic_resample
 
-__all__ = [
-    "MASKS",
-    "Inpainting",
-    "LinearOperator",
-    "Matrix",
-    "SMCResult",
-    "Separable",
-    "ddrm",
-    "downsample",
-    "dps",
-    "effective_sample_size",
-    "gaussian_blur",
-    "log_likelihood",
-    "mask",
-    "pigdm",
-    "pigdm_denoiser",
-    "posterior_variance",
-    "random_projection",
-    "smc",
-    "systematic_resample",
-    "uniform_blur",
-]
+for _module in pkgutil.iter_modules(restoration.__path__):
+    _sub = importlib.import_module(f"{restoration.__name__}.{_module.name}")
+    sys.modules[f"{__name__}.{_module.name}"] = _sub
+    globals().setdefault(_module.name, getattr(restoration, _module.name))
+del _module, _sub

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from difflab.core.tensors import as_tensor, check_finite, unknown_name
 from difflab.guidance import classifier_free
-from difflab.sampling.registry import Grid
+from difflab.sampling.registry import SamplerGrid
 
 __all__ = [
     "Guide",
@@ -93,9 +93,9 @@ class Guide:
         uncond = self.denoiser(x, sigma, **self.null)
         return uncond + w * (self.denoiser(x, sigma, **self.cond) - uncond)
 
-    def grid(self, x: Tensor, sigmas: Sequence[float]) -> Grid:
+    def grid(self, x: Tensor, sigmas: Sequence[float]) -> SamplerGrid:
         """The sampling module's grid over D_w: ``grid.denoise(x, i)`` = D_w(x, sigmas[i])."""
-        return Grid(self, x, sigmas, None, None)
+        return SamplerGrid(self, x, sigmas, None, None)
 
     def with_(self, **changes: Any) -> Guide:
         return replace(self, **changes)

@@ -45,15 +45,15 @@ def choose(nfe: int) -> AutoChoice:
         smallest = _entries()[0]["nfe"]
         raise ValueError(f"auto needs an NFE budget of at least {smallest}, got {nfe}")
     e = entries[-1]
-    cost = info(e["sampler"]).nfe
-    steps = max(n for n in range(1, nfe + 1) if cost(n, **e["options"]) <= nfe)
+    entry = info(e["sampler"])
+    steps = entry.steps_for(nfe, **e["options"])
     return AutoChoice(
         e["sampler"],
         e["options"],
         e["grid"],
         e["grid_options"],
         steps,
-        cost(steps, **e["options"]),
+        entry.nfe(steps, **e["options"]),
         e["nfe"],
     )
 

@@ -2,9 +2,9 @@
 
     x0 = sampler(denoiser, x, sigmas, *, generator=None, callback=None, cond=None, **options)
 
-A sampler is written as a *body* over a validated :class:`Grid`; :func:`register` wraps it into the
-public function, which validates its input once, handles a grid that starts at sigma = inf, and records
-the sampler's NFE, order and stochasticity.
+A sampler is written as a *body* over a validated :class:`SamplerGrid`; :func:`register` wraps it
+into the public function, which validates its input once, handles a grid that starts at
+sigma = inf, and records the sampler's NFE, order and stochasticity.
 
 Starting at sigma = inf (zero terminal SNR): x then holds the unit noise (the limit of x / sigma), and
 every sampler's first interval is the exact-in-the-limit data-prediction step x_1 = D(x, inf) + sigma_1 x
@@ -27,12 +27,14 @@ from difflab.sampling.noise import randn
 
 __all__ = [
     "Callback",
-    "Grid",
+    "SamplerGrid",
     "SamplerInfo",
     "available",
     "get",
     "info",
     "register",
+    "steps_within",
+    "validate",
 ]
 
 Callback = Callable[[int, float, Tensor, Tensor], None]
@@ -42,10 +44,12 @@ class DenoiserFn(Protocol):
     def __call__(self, x: Tensor, sigma: Tensor, **cond: Any) -> Tensor: ...
 
 
-class Grid:
-    """A validated noise-level grid: host floats for coefficients (no device sync per step) and a
+class SamplerGrid:
+    """The grid a sampler body runs over: the validated noise levels bound to the denoiser, its
+    conditioning and the callback. Host floats for coefficients (no device sync per step) and a
     device copy in x's dtype for the denoiser. ``denoise(x, i)`` evaluates D(x, sigma_i) and reports
-    it to the callback."""
+    it to the callback. (Not :class:`difflab.core.grids.Grid`, the signature of the functions that
+    build grids.)"""
 
     def __init__(
         self,
@@ -119,11 +123,37 @@ class SamplerInfo:
             return 1 + (self.nfe_of_steps(steps - 1, **options) if steps > 1 else 0)
         return self.nfe_of_steps(steps, **options)
 
+    def steps_for(
+        self, nfe: int, infinite_start: bool = False, exact: bool = False, **options: Any
+    ) -> int | None:
+        """The most steps whose NFE (:meth:`nfe`) is at most ``nfe``, or None where one step costs
+        more; with ``exact``, that count only if it spends exactly ``nfe`` (None for an even NFE of
+        Heun, 2 steps - 1). ``info("heun").steps_for(10) == 5``."""
+        if isinstance(nfe, bool) or not isinstance(nfe, int):
+            raise ValueError(f"an NFE budget must be an integer, got {nfe!r}")
+        if self.adaptive:
+            raise ValueError(f"{self.name} chooses its steps adaptively: it has no fixed NFE")
+        return steps_within(lambda n: self.nfe(n, infinite_start, **options), nfe, exact)
+
+
+def steps_within(nfe: Callable[[int], float], budget: int, exact: bool = False) -> int | None:
+    """The most steps n in 1..budget with ``nfe(n) <= budget`` (every step costs at least one
+    evaluation, so no more can fit), or None; with ``exact``, n only if nfe(n) == budget. ``nfe``
+    is any step count -> evaluations rule (another library's too); one that is inf for a count
+    rules that count out."""
+    steps = next((n for n in range(budget, 0, -1) if nfe(n) <= budget), None)
+    if exact and steps is not None and nfe(steps) != budget:
+        return None
+    return steps
+
 
 _REGISTRY: dict[str, SamplerInfo] = {}
 
 
-def _validate(x: Tensor, sigmas: Tensor | Sequence[float]) -> list[float]:
+def validate(x: Tensor, sigmas: Tensor | Sequence[float]) -> list[float]:
+    """The checks every sampler makes before any evaluation: x a finite floating-point tensor
+    [B, ...], sigmas a 1-D grid of at least 2 levels, >= 0, strictly decreasing, inf only first;
+    returns the levels as host floats."""
     if not isinstance(x, Tensor) or x.ndim < 1:
         raise ValueError("x must be a tensor [B, ...] (noise already multiplied by sigmas[0])")
     if not x.is_floating_point():
@@ -182,15 +212,15 @@ def register(
             unknown = set(options) - accepted
             if unknown:
                 raise unknown_name(f"option for sampler {name!r}", sorted(unknown)[0], accepted)
-            s = _validate(x, sigmas)
+            s = validate(x, sigmas)
             offset = 0
             if math.isinf(s[0]):  # zero terminal SNR: x is the unit noise; see the module docstring
-                start = Grid(denoiser, x, s[:1], cond, callback)
+                start = SamplerGrid(denoiser, x, s[:1], cond, callback)
                 x = start.denoise(x, 0) + s[1] * x
                 s, offset = s[1:], 1
                 if len(s) == 1:
                     return x
-            grid = Grid(denoiser, x, s, cond, callback, offset)
+            grid = SamplerGrid(denoiser, x, s, cond, callback, offset)
             extra = {"noise": noise_source(x, generator)} if stochastic else {}
             return body(grid, x, **extra, **options)
 

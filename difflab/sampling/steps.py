@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import Tensor
 
@@ -14,6 +14,7 @@ __all__ = [
     "ddim_step",
     "final_step",
     "final_weight",
+    "heun_step",
     "phis",
     "previous_eps",
 ]
@@ -29,9 +30,28 @@ def check_final(final: str, sampler: str | None = None) -> None:
         raise ValueError(f"{who}unknown final step {final!r}; valid: {', '.join(FINAL_STEPS)}")
 
 
-def ddim_step(x: Tensor, denoised: Tensor, sigma: float, sigma_next: float) -> Tensor:
+def ddim_step(
+    x: Tensor, denoised: Tensor, sigma: float | Tensor, sigma_next: float | Tensor
+) -> Tensor:
     """DDIM = Euler in sigma = first-order exponential integrator: x' = D + (s'/s)(x - D) (Song et al. 2021)."""
     return denoised + (sigma_next / sigma) * (x - denoised)
+
+
+def heun_step(
+    x: Tensor,
+    denoised: Tensor,
+    sigma: float | Tensor,
+    sigma_next: float | Tensor,
+    denoise_next: Callable[[Tensor], Tensor],
+) -> Tensor:
+    """Heun's step from sigma to sigma_next > 0: x' = x + (s' - s)(d + d')/2 with d = (x - D)/s,
+    D = ``denoised`` = D(x, s), and d' = (x_E - D(x_E, s'))/s' at the Euler point x_E = x + (s' - s) d
+    (``denoise_next`` evaluates D there; Karras et al. 2022, Alg. 1). The levels are host floats, or
+    tensors broadcasting against x (a level per sample)."""
+    d = (x - denoised) / sigma
+    x_pred = x + (sigma_next - sigma) * d
+    d_next = (x_pred - denoise_next(x_pred)) / sigma_next
+    return x + (sigma_next - sigma) / 2 * (d + d_next)
 
 
 def combine(

@@ -136,13 +136,7 @@ def _steps_for(sampler: str, nfe: int) -> int:
     entry = info(sampler)
     if entry.adaptive:
         raise ValueError(f"sampler {sampler!r} chooses its own steps; it has no grid to optimize")
-    if isinstance(nfe, bool) or not isinstance(nfe, int):
-        raise ValueError(f"nfe must be an integer, got {nfe!r}")
-    steps = 0
-    while entry.nfe(steps + 1) <= nfe:
-        steps += 1
-        if steps > 10_000:
-            break
+    steps = entry.steps_for(nfe) or 0
     if steps < 2:
         need = entry.nfe(2)
         raise ValueError(
@@ -239,11 +233,14 @@ class _Problem:
     def errors(self, sigmas: Tensor) -> tuple[float, float]:
         return self.error(sigmas), self.error(sigmas, held=True)
 
-    def fixed(self) -> dict[str, tuple[float, float]]:
-        return {
+    def fixed(self) -> tuple[dict[str, tuple[float, float]], str]:
+        """(calibration, held-out) errors of each fixed grid, and the name of the one best on the
+        calibration batch (the start of every search and the bar it must clear)."""
+        errors = {
             name: self.errors(_grids.get(name)(self.steps, self.sigma_min, self.sigma_max))
             for name in FIXED_GRIDS
         }
+        return errors, min(errors, key=lambda k: errors[k][0])
 
     # --- the monotone parameterization: logits -> log-sigma gaps (cumulative softmax), and with a
     # free last level one more variable v for where it stops above sigma_min
@@ -559,8 +556,7 @@ def optimize(
         denoiser, sampler, nfe, calibration, sigma_min, sigma_max, seed, reference,
         reference_nfe, held_out, dict(sampler_options or {}), cond, metric,
     )  # fmt: skip
-    fixed = problem.fixed()
-    best_fixed = min(fixed, key=lambda k: fixed[k][0])
+    fixed, best_fixed = problem.fixed()
     if method == "direct":
         problem.free_last = bool(options.get("free_last", True))
         max_evals = int(options.get("max_evals", max(200, 60 * (problem.steps - 2))))
@@ -619,8 +615,7 @@ def optimize_family(
         denoiser, sampler, nfe, calibration, sigma_min, sigma_max, seed, reference,
         reference_nfe, held_out, dict(sampler_options or {}), cond, metric,
     )  # fmt: skip
-    fixed = problem.fixed()
-    best_fixed = min(fixed, key=lambda k: fixed[k][0])
+    fixed, best_fixed = problem.fixed()
     lo_b, hi_b = bounds or ((1.0, 20.0) if family == "karras" else (-3.0, 3.0))
     bar = _progress(_FAMILY_EVALS, f"{family} {sampler} {problem.steps} steps", progress)
 

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from difflab.core.counting import CountingDenoiser
 from difflab.testing.gmm import GaussianMixture, random_mixture
 
 __all__ = [
@@ -22,17 +23,6 @@ __all__ = [
     "exponential_grid",
     "nfe_count",
 ]
-
-
-class CountingDenoiser:
-    """Wraps a denoiser and counts its calls (one call = one NFE, whatever the batch)."""
-
-    def __init__(self, denoiser: Callable[..., Tensor]) -> None:
-        self.denoiser, self.calls = denoiser, 0
-
-    def __call__(self, x: Tensor, sigma: Tensor, **cond: Any) -> Tensor:
-        self.calls += 1
-        return self.denoiser(x, sigma, **cond)
 
 
 def exponential_grid(steps: int, sigma_max: float, sigma_min: float, zero: bool = False) -> Tensor:

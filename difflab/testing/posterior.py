@@ -1,5 +1,5 @@
 """A linear-Gaussian inverse problem on an exact mixture prior: y = A x0 + noise_std n, with the exact
-posterior p(x0 | y) and evidence p(y) in closed form (the ground truth of difflab.inverse)."""
+posterior p(x0 | y) and evidence p(y) in closed form (the ground truth of difflab.restoration)."""
 
 from __future__ import annotations
 

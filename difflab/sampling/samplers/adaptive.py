@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from difflab.sampling.registry import Grid, register
+from difflab.sampling.registry import SamplerGrid, register
 from difflab.sampling.steps import combine, final_step
 
 # Bogacki & Shampine (1989) 3(2) pair: stage nodes, the 3rd-order weights, and 3rd minus 2nd-order
@@ -20,7 +20,7 @@ _BS_E = (-5 / 72, 1 / 12, 1 / 9, -1 / 8)
 
 @register("adaptive", order=3, adaptive=True, nfe=lambda n: 0)
 def adaptive(
-    grid: Grid,
+    grid: SamplerGrid,
     x: Tensor,
     *,
     rtol: float = 1e-3,

@@ -18,11 +18,11 @@ from collections.abc import Callable
 
 from torch import Tensor
 
-from difflab.sampling.registry import Grid, register
+from difflab.sampling.registry import SamplerGrid, register
 
 
 @register("consistency", order=1, stochastic=True)
-def consistency(grid: Grid, x: Tensor, *, noise: Callable[[], Tensor]) -> Tensor:
+def consistency(grid: SamplerGrid, x: Tensor, *, noise: Callable[[], Tensor]) -> Tensor:
     """Multistep consistency sampling: x0 = f(x, s), x' = x0 + s' z (Song et al. 2023, Alg. 1)."""
     for i in range(grid.steps):
         denoised = grid.denoise(x, i)

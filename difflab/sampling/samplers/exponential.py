@@ -32,7 +32,7 @@ from functools import partial
 
 from torch import Tensor
 
-from difflab.sampling.registry import Grid, register
+from difflab.sampling.registry import SamplerGrid, register
 from difflab.sampling.samplers.stochastic import ancestral_split
 from difflab.sampling.steps import (
     check_final,
@@ -63,7 +63,7 @@ VARIANTS = ("taylor", "reference")
 MAX_RATIO = 3.0
 
 Noise = Callable[[], Tensor]
-Step = Callable[[Grid, Tensor, Tensor, float, float, int], Tensor]
+Step = Callable[[SamplerGrid, Tensor, Tensor, float, float, int], Tensor]
 
 
 # ---------------------------------------------------------------------------- shared math
@@ -97,12 +97,12 @@ def _check_eta(eta: float, s_noise: float, ancestral: bool) -> None:
 # ---------------------------------------------------------------------------- one-step updates
 
 
-def _eps(grid: Grid, u: Tensor, i: int, sigma: float) -> Tensor:
+def _eps(grid: SamplerGrid, u: Tensor, i: int, sigma: float) -> Tensor:
     return (u - grid.denoise(u, i, sigma=sigma)) / sigma
 
 
 def _dpm_solver_step(
-    grid: Grid, x: Tensor, denoised: Tensor, s: float, nxt: float, i: int, order: int
+    grid: SamplerGrid, x: Tensor, denoised: Tensor, s: float, nxt: float, i: int, order: int
 ) -> Tensor:
     """DPM-Solver-k, k = 1, 2, 3 (Lu et al. 2022, Alg. 1 with r1 = 1/2, Alg. 2 with r1 = 1/3,
     r2 = 2/3), noise prediction: x' = x - s' expm1(h) eps - (correction in eps differences).
@@ -126,7 +126,9 @@ def _dpm_solver_step(
     return base - (nxt / r2 * (math.expm1(h) / h - 1)) * d2
 
 
-def _dpmpp_2s_step(grid: Grid, x: Tensor, denoised: Tensor, s: float, nxt: float, i: int) -> Tensor:
+def _dpmpp_2s_step(
+    grid: SamplerGrid, x: Tensor, denoised: Tensor, s: float, nxt: float, i: int
+) -> Tensor:
     """DPM-Solver++(2S), r = 1/2: u = (s_m/s) x - expm1(-h/2) D, x' = (s'/s) x - expm1(-h) D(u, s_m)
     with s_m = sqrt(s s') (Lu et al. 2022b, Alg. 1; with r = 1/2 the weight 1 - 1/2r on D is 0)."""
     mid = _sigma_at(s, nxt, 0.5)
@@ -137,7 +139,7 @@ def _dpmpp_2s_step(grid: Grid, x: Tensor, denoised: Tensor, s: float, nxt: float
 
 
 def _singlestep(
-    grid: Grid,
+    grid: SamplerGrid,
     x: Tensor,
     step: Step,
     final: str,
@@ -166,7 +168,7 @@ def _singlestep(
 
 
 def _multistep(
-    grid: Grid,
+    grid: SamplerGrid,
     x: Tensor,
     *,
     order: int,
@@ -257,7 +259,7 @@ def _third_order(
 
 
 @register("dpm_solver_1", order=1)
-def dpm_solver_1(grid: Grid, x: Tensor, *, final: str = "tau") -> Tensor:
+def dpm_solver_1(grid: SamplerGrid, x: Tensor, *, final: str = "tau") -> Tensor:
     """DPM-Solver-1: x' = x - s' expm1(h) eps, eps = (x - D)/s: DDIM (Lu et al. 2022, Eq. 3.7).
 
     NFE = n: one per interval, the last being final_step. The same update as euler / ddim,
@@ -266,7 +268,7 @@ def dpm_solver_1(grid: Grid, x: Tensor, *, final: str = "tau") -> Tensor:
 
 
 @register("dpm_solver_2", order=2, nfe=lambda n: 2 * n - 1, aliases=("dpm_2",))
-def dpm_solver_2(grid: Grid, x: Tensor, *, final: str = "tau") -> Tensor:
+def dpm_solver_2(grid: SamplerGrid, x: Tensor, *, final: str = "tau") -> Tensor:
     """DPM-Solver-2: x' = x - s' expm1(h) eps(u, s_m), u = DDIM to s_m = sqrt(s s'); Lu et al. 2022.
 
     Noise prediction with r1 = 1/2 as in the paper (its order-1 part evaluated as the identical
@@ -280,7 +282,7 @@ def dpm_solver_2(grid: Grid, x: Tensor, *, final: str = "tau") -> Tensor:
 
 
 @register("dpm_solver_3", order=3, nfe=lambda n: 3 * n - 2)
-def dpm_solver_3(grid: Grid, x: Tensor, *, final: str = "tau") -> Tensor:
+def dpm_solver_3(grid: SamplerGrid, x: Tensor, *, final: str = "tau") -> Tensor:
     """DPM-Solver-3: noise prediction with stages at lambda + h/3, + 2h/3 (Lu et al. 2022, Alg. 2).
 
     Noise prediction, r1 = 1/3, r2 = 2/3: x' = x - s' expm1(h) eps - (s'/r2)(expm1(h)/h - 1)
@@ -298,7 +300,7 @@ def fast_orders(budget: int) -> list[int]:
 
 
 @register("dpm_solver_fast", order=2)
-def dpm_solver_fast(grid: Grid, x: Tensor, *, final: str = "tau") -> Tensor:
+def dpm_solver_fast(grid: SamplerGrid, x: Tensor, *, final: str = "tau") -> Tensor:
     """DPM-Solver-fast: an NFE budget as 3rd-order steps, then one of order 2 or 1 (Lu et al. 2022).
 
     Sec. 3.4 of the paper. The grid gives its endpoints and its length; NFE = n. With n intervals
@@ -330,7 +332,7 @@ def dpm_solver_fast(grid: Grid, x: Tensor, *, final: str = "tau") -> Tensor:
 
 
 @register("dpmpp_2s", order=2, nfe=lambda n: 2 * n - 1)
-def dpmpp_2s(grid: Grid, x: Tensor, *, final: str = "tau") -> Tensor:
+def dpmpp_2s(grid: SamplerGrid, x: Tensor, *, final: str = "tau") -> Tensor:
     """DPM-Solver++(2S): x' = (s'/s) x - expm1(-h) D(u, s_m), u = DDIM to s_m (Lu et al. 2022b).
 
     Data prediction, r = 1/2 (where the weight 1 - 1/2r on D vanishes). NFE = 2(n - 1) + 1: two
@@ -341,7 +343,7 @@ def dpmpp_2s(grid: Grid, x: Tensor, *, final: str = "tau") -> Tensor:
 
 @register("dpmpp_2s_ancestral", order=2, nfe=lambda n: 2 * n - 1, stochastic=True)
 def dpmpp_2s_ancestral(
-    grid: Grid,
+    grid: SamplerGrid,
     x: Tensor,
     *,
     noise: Noise,
@@ -359,7 +361,9 @@ def dpmpp_2s_ancestral(
 
 
 @register("dpmpp_3m", order=3)
-def dpmpp_3m(grid: Grid, x: Tensor, *, final: str = "tau", variant: str = "taylor") -> Tensor:
+def dpmpp_3m(
+    grid: SamplerGrid, x: Tensor, *, final: str = "tau", variant: str = "taylor"
+) -> Tensor:
     """DPM-Solver++(3M): x' = (s'/s) x + phi1 D + phi2 h D' - phi3 h^2 D'', 3 D's (Lu et al. 2022b).
 
     D' and D'' are those of the quadratic through the last three D's (DPM-Solver's multistep third
@@ -389,7 +393,7 @@ def dpmpp_3m(grid: Grid, x: Tensor, *, final: str = "tau", variant: str = "taylo
 
 @register("dpmpp_2m_sde", order=2, stochastic=True)
 def dpmpp_2m_sde(
-    grid: Grid,
+    grid: SamplerGrid,
     x: Tensor,
     *,
     noise: Noise,
@@ -422,7 +426,7 @@ def dpmpp_2m_sde(
 
 @register("dpmpp_3m_sde", order=3, stochastic=True)
 def dpmpp_3m_sde(
-    grid: Grid,
+    grid: SamplerGrid,
     x: Tensor,
     *,
     noise: Noise,
@@ -446,7 +450,7 @@ def dpmpp_3m_sde(
 
 @register("dpm_2_ancestral", order=2, nfe=lambda n: 2 * n - 1, stochastic=True)
 def dpm_2_ancestral(
-    grid: Grid,
+    grid: SamplerGrid,
     x: Tensor,
     *,
     noise: Noise,

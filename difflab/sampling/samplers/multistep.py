@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor
 
-from difflab.sampling.registry import Grid, register
+from difflab.sampling.registry import SamplerGrid, register
 from difflab.sampling.steps import check_final, combine, final_step, phis
 
 # --------------------------------------------------------------------------------------------
@@ -102,7 +102,7 @@ def _adams_table(
 
 
 def _adams(
-    grid: Grid,
+    grid: SamplerGrid,
     x: Tensor,
     order: int,
     final: str,
@@ -157,7 +157,7 @@ def _ipndm_weights(sigmas: Sequence[float], i: int, k: int) -> list[float]:
 
 
 @register("lms", order=4)
-def lms(grid: Grid, x: Tensor, *, order: int = 4, final: str = "tau") -> Tensor:
+def lms(grid: SamplerGrid, x: Tensor, *, order: int = 4, final: str = "tau") -> Tensor:
     """LMS: x' = x + sum_j eps_j int_s^s' l_j(sigma) dsigma, Lagrange l_j (k-diffusion sample_lms).
 
     Variable-step Adams-Bashforth on eps = dx/dsigma, l_j the Lagrange basis on the last ``order``
@@ -172,7 +172,7 @@ def lms(grid: Grid, x: Tensor, *, order: int = 4, final: str = "tau") -> Tensor:
 
 @register("deis", order=3)
 def deis(
-    grid: Grid,
+    grid: SamplerGrid,
     x: Tensor,
     *,
     order: int = 3,
@@ -194,7 +194,7 @@ def deis(
 
 
 @register("ipndm", order=4)
-def ipndm(grid: Grid, x: Tensor, *, order: int = 4, final: str = "tau") -> Tensor:
+def ipndm(grid: SamplerGrid, x: Tensor, *, order: int = 4, final: str = "tau") -> Tensor:
     """iPNDM: x' = x + (s' - s) sum_j b_j eps_j, fixed Adams-Bashforth b (Zhang & Chen 2023).
 
     b = (55, -59, 37, -9) / 24 for order 4, on eps in sigma, lower orders at start-up (k-diffusion /
@@ -269,7 +269,7 @@ def _unipc_table(
 
 @register("unipc", order=4)
 def unipc(
-    grid: Grid,
+    grid: SamplerGrid,
     x: Tensor,
     *,
     order: int = 3,

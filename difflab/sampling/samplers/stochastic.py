@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from difflab.sampling.registry import Grid, register
-from difflab.sampling.steps import check_final, combine, ddim_step, final_step
+from difflab.core.grids import karras
+from difflab.sampling.registry import SamplerGrid, register
+from difflab.sampling.steps import check_final, combine, ddim_step, final_step, heun_step
 
 __all__ = ["ancestral_split", "er_sde_noise_scaler", "stochastic_adams_coefficients"]
 
@@ -57,7 +58,7 @@ def ancestral_split(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[
     "ddim_eta", order=1, nfe=lambda n, **_: n, stochastic=True, aliases=("ddpm", "euler_ancestral")
 )
 def ddim_eta(
-    grid: Grid,
+    grid: SamplerGrid,
     x: Tensor,
     *,
     noise: Noise,
@@ -93,19 +94,9 @@ def ddim_eta(
 # ---------------------------------------------------------------------------------- EDM, Restart
 
 
-def _heun(
-    x: Tensor, denoised: Tensor, s: float, nxt: float, denoise_next: Callable[[Tensor], Tensor]
-) -> Tensor:
-    """Heun from (x, s), D(x, s) = denoised, to nxt > 0 (the update of ``heun``, op for op)."""
-    d = (x - denoised) / s
-    x_pred = x + (nxt - s) * d
-    d_next = (x_pred - denoise_next(x_pred)) / nxt
-    return x + (nxt - s) / 2 * (d + d_next)
-
-
 @register("edm", order=2, nfe=lambda n, **_: 2 * n - 1, stochastic=True)
 def edm(
-    grid: Grid,
+    grid: SamplerGrid,
     x: Tensor,
     *,
     noise: Noise,
@@ -138,14 +129,8 @@ def edm(
             denoised = grid.denoise(x, i)
         if nxt == 0:
             return final_step(x, denoised, final, s)
-        x = _heun(x, denoised, s, nxt, functools.partial(grid.denoise, i=i + 1, stage=True))
+        x = heun_step(x, denoised, s, nxt, functools.partial(grid.denoise, i=i + 1, stage=True))
     return x
-
-
-def _karras_levels(top: float, bottom: float, steps: int, rho: float = 7.0) -> list[float]:
-    """steps + 1 levels from top to bottom, uniform in sigma^(1/rho) (Karras et al. 2022)."""
-    a, b = top ** (1 / rho), bottom ** (1 / rho)
-    return [top, *((a + k / steps * (b - a)) ** rho for k in range(1, steps)), bottom]
 
 
 def _restart_nfe(n: int, restart_k: int = 2, restart_steps: int = 2, **_: Any) -> int:
@@ -154,7 +139,7 @@ def _restart_nfe(n: int, restart_k: int = 2, restart_steps: int = 2, **_: Any) -
 
 @register("restart", order=2, nfe=_restart_nfe, stochastic=True)
 def restart(
-    grid: Grid,
+    grid: SamplerGrid,
     x: Tensor,
     *,
     noise: Noise,
@@ -190,15 +175,15 @@ def restart(
         denoised = grid.denoise(x, i)
         if nxt == 0:
             return final_step(x, denoised, final, s)
-        x = _heun(x, denoised, s, nxt, functools.partial(grid.denoise, i=i + 1, stage=True))
+        x = heun_step(x, denoised, s, nxt, functools.partial(grid.denoise, i=i + 1, stage=True))
         if i + 1 == at and restart_k > 0:
             top = restart_max if nxt < restart_max else nxt * restart_max / restart_min
-            levels = _karras_levels(top, nxt, restart_steps)
+            levels = karras(restart_steps + 1, nxt, top, append_zero=False).tolist()
             for _ in range(restart_k):
                 x = x + (s_noise * math.sqrt(top * top - nxt * nxt)) * noise()
                 for a, b in itertools.pairwise(levels):
                     d = grid.denoise(x, i, sigma=a)
-                    x = _heun(x, d, a, b, functools.partial(grid.denoise, i=i, sigma=b))
+                    x = heun_step(x, d, a, b, functools.partial(grid.denoise, i=i, sigma=b))
     return x
 
 
@@ -236,7 +221,7 @@ def _er_sde_integrals(phi: Callable[[float], float], s: float, t: float) -> tupl
 
 @register("er_sde", order=3, nfe=lambda n, **_: n, stochastic=True)
 def er_sde(
-    grid: Grid,
+    grid: SamplerGrid,
     x: Tensor,
     *,
     noise: Noise,
@@ -366,7 +351,7 @@ def _sa_nfe(n: int, pece: bool = False, corrector_order: int = 4, **_: Any) -> i
 
 @register("sa_solver", order=4, nfe=_sa_nfe, stochastic=True)
 def sa_solver(
-    grid: Grid,
+    grid: SamplerGrid,
     x: Tensor,
     *,
     noise: Noise,

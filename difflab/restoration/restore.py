@@ -10,11 +10,18 @@ import torch
 from torch import Tensor
 
 from difflab.core.tensors import unknown_name
-from difflab.inverse.ddrm import ddrm
-from difflab.inverse.dps import dps
-from difflab.inverse.operators import Inpainting, LinearOperator, downsample, gaussian_blur, mask
-from difflab.inverse.pigdm import pigdm
-from difflab.inverse.smc import smc
+from difflab.restoration.ddrm import ddrm
+from difflab.restoration.dps import dps
+from difflab.restoration.measurement import Measurement, takes_measurement
+from difflab.restoration.operators import (
+    Inpainting,
+    LinearOperator,
+    downsample,
+    gaussian_blur,
+    mask,
+)
+from difflab.restoration.pigdm import pigdm
+from difflab.restoration.smc import smc
 from difflab.sampling import generators, randn
 
 __all__ = ["METHODS", "TASKS", "measure", "psnr", "restore", "shown", "task_operator"]
@@ -62,11 +69,10 @@ def psnr(x: Tensor, truth: Tensor, peak: float = 2.0) -> Tensor:
     return 10 * torch.log10(peak**2 / mse)
 
 
+@takes_measurement
 def restore(
     denoiser: Callable[..., Tensor],
-    operator: LinearOperator,
-    y: Tensor,
-    noise_std: float,
+    measurement: Measurement,
     sigmas: Tensor,
     method: str = "ddrm",
     *,
@@ -75,36 +81,27 @@ def restore(
     particles: int = 8,
     **options: Any,
 ) -> Tensor:
-    """One restoration x [B, *in_shape] per measurement y [B, ...] by ``method`` (dps, pigdm, ddrm,
-    smc), starting from sigma_0 eps_i with eps_i and later noise from generator (seed, i) of
-    :func:`difflab.sampling.generators`, so image i does not depend on the batch. SMC runs
-    ``particles`` particles per image (generators (seed, i K + j)) and returns one particle per
-    image, drawn uniformly from its equally weighted final set. ``options`` go to the method."""
+    """One restoration x [B, *in_shape] per measurement y [B, ...] (of a LinearOperator) by
+    ``method`` (dps, pigdm, ddrm, smc), starting from sigma_0 eps_i with eps_i and later noise from
+    generator (seed, i) of :func:`difflab.sampling.generators`, so image i does not depend on the
+    batch. SMC runs ``particles`` particles per image (generators (seed, i K + j)) and returns one
+    particle per image, drawn uniformly from its equally weighted final set. ``options`` go to the
+    method."""
     if method not in METHODS:
         raise unknown_name("method", method, METHODS)
+    operator, y = measurement.linear_operator("restore", "A's input shape"), measurement.y
     b = len(y)
     k = particles if method == "smc" else 1
     gens = generators(seed, b * k, y.device)
     x = randn((b * k, *operator.in_shape), gens, y.dtype, y.device) * float(sigmas[0])
     if method != "smc":
         return METHODS[method](
-            denoiser, operator, y, noise_std, x, sigmas, generator=gens, cond=cond, **options
+            denoiser, measurement, x, sigmas, generator=gens, cond=cond, **options
         )
     cond = {
         key: v.repeat_interleave(k, 0) if isinstance(v, Tensor) and v.ndim and len(v) == b else v
         for key, v in (cond or {}).items()
     }
-    out = smc(
-        denoiser,
-        operator,
-        y,
-        noise_std,
-        x,
-        sigmas,
-        particles=k,
-        generator=gens,
-        cond=cond,
-        **options,
-    )
+    out = smc(denoiser, measurement, x, sigmas, particles=k, generator=gens, cond=cond, **options)
     pick = torch.stack([torch.randint(k, (), generator=gens[i * k]) for i in range(b)])
     return out.x[pick.to(y.device) + torch.arange(b, device=y.device) * k]

@@ -10,18 +10,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from difflab.inverse.likelihood import Operator, check_measurement, linear
-from difflab.inverse.steps import make_grid
+from difflab.restoration.measurement import Measurement, takes_measurement
+from difflab.restoration.steps import checked_grid
 from difflab.sampling.registry import Callback, noise_source
 
 __all__ = ["ddrm"]
 
 
+@takes_measurement
 def ddrm(
     denoiser: Callable[..., Tensor],
-    operator: Operator,
-    y: Tensor,
-    noise_std: float,
+    measurement: Measurement,
     x: Tensor,
     sigmas: Tensor | Sequence[float],
     *,
@@ -42,12 +41,12 @@ def ddrm(
     (eps = x / sigma_0, the given noise; other coordinates keep it). Defaults eta = 0.85,
     eta_b = 1 are the paper's. Needs a LinearOperator. NFE = steps, no gradients.
     """
-    op = linear(operator, "ddrm")
-    check_measurement(op, y, x, noise_std)
+    op = measurement.linear_operator("ddrm")
     if not (0 <= eta <= 1 and 0 <= eta_b <= 1):
         raise ValueError(f"eta and eta_b must be in [0, 1], got {eta} and {eta_b}")
-    grid = make_grid(denoiser, x, sigmas, cond, callback)
+    grid = checked_grid(denoiser, measurement, x, sigmas, cond, callback)
     noise = noise_source(x, generator)
+    y, noise_std = measurement.y, measurement.noise_std
     r, s = op.rank, op.s(x)
     y_bar = op.ut(y)[:, :r] / s
     s_y = noise_std / s  # y-bar's noise level per coordinate

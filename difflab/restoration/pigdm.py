@@ -12,25 +12,17 @@ from torch import Tensor
 
 from difflab import sampling
 from difflab.core.tensors import as_tensor, broadcast_sigma
-from difflab.inverse.likelihood import (
-    Operator,
-    check_measurement,
-    linear,
-    log_likelihood,
-    posterior_variance,
-)
-from difflab.inverse.steps import make_grid, value_and_grad
+from difflab.restoration.likelihood import log_likelihood, posterior_variance
+from difflab.restoration.measurement import Measurement, takes_measurement
+from difflab.restoration.steps import checked_grid, value_and_grad
 from difflab.sampling.registry import Callback
 
 __all__ = ["pigdm", "pigdm_denoiser"]
 
 
+@takes_measurement
 def pigdm_denoiser(
-    denoiser: Callable[..., Tensor],
-    operator: Operator,
-    y: Tensor,
-    noise_std: float,
-    data_std: float = 1.0,
+    denoiser: Callable[..., Tensor], measurement: Measurement, data_std: float = 1.0
 ) -> Callable[..., Tensor]:
     """D_y(x, sigma) = D + sigma^2 g, g = J^T A^T (r^2 A A^T + noise_std^2 I)^-1 (y - A D), J = dD/dx:
     Tweedie's formula for p(x0 | x, y) with PiGDM's guidance g = grad_x log p~(y | x) (one
@@ -39,7 +31,8 @@ def pigdm_denoiser(
     is the one Tweedie's formula gives (implementations of the paper weight g in their own ways;
     docs/inverse.md). Needs a LinearOperator (its SVD gives (r^2 A A^T + noise_std^2 I)^-1 exactly).
     The guided denoiser takes x with y's batch."""
-    op = linear(operator, "pigdm")
+    op = measurement.linear_operator("pigdm")
+    y, noise_std = measurement.y, measurement.noise_std
     posterior_variance(1.0, data_std)  # validates data_std
 
     def guided(x: Tensor, sigma: Tensor | float, **cond: Any) -> Tensor:
@@ -59,11 +52,10 @@ def pigdm_denoiser(
     return guided
 
 
+@takes_measurement
 def pigdm(
     denoiser: Callable[..., Tensor],
-    operator: Operator,
-    y: Tensor,
-    noise_std: float,
+    measurement: Measurement,
     x: Tensor,
     sigmas: Tensor | Sequence[float],
     *,
@@ -76,9 +68,8 @@ def pigdm(
 ) -> Tensor:
     """PiGDM: the registered ``sampler`` (DDIM(eta = 1) by default, options passed on) run on
     :func:`pigdm_denoiser`. NFE = the sampler's, each with one backward pass."""
-    check_measurement(operator, y, x, noise_std)
-    make_grid(denoiser, x, sigmas, cond, callback)  # validates the grid before any work
-    guided = pigdm_denoiser(denoiser, operator, y, noise_std, data_std)
+    checked_grid(denoiser, measurement, x, sigmas, cond, callback)  # checks before any work
+    guided = pigdm_denoiser(denoiser, measurement, data_std)
     fn = sampling.get(sampler)
     options = {"generator": generator} if sampling.info(sampler).stochastic else {}
     return fn(guided, x, sigmas, callback=callback, cond=cond, **options, **sampler_options)

@@ -28,15 +28,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from difflab.inverse.likelihood import (
-    Operator,
-    check_measurement,
-    condition,
-    log_likelihood,
-    posterior_variance,
-)
-from difflab.inverse.operators import LinearOperator
-from difflab.inverse.steps import denoise_at, make_grid, value_and_grad
+from difflab.restoration.likelihood import condition, log_likelihood, posterior_variance
+from difflab.restoration.measurement import Measurement, takes_measurement
+from difflab.restoration.steps import checked_grid, denoise_at, value_and_grad
 from difflab.sampling.registry import Callback, noise_source
 from difflab.sampling.samplers.stochastic import ancestral_split
 from difflab.sampling.steps import ddim_step
@@ -86,11 +80,10 @@ def _uniforms(
     )
 
 
+@takes_measurement
 def smc(
     denoiser: Callable[..., Tensor],
-    operator: Operator,
-    y: Tensor,
-    noise_std: float,
+    measurement: Measurement,
     x: Tensor,
     sigmas: Tensor | Sequence[float],
     *,
@@ -117,11 +110,10 @@ def smc(
         raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
     posterior_variance(1.0, data_std)  # validates data_std
     k, groups = particles, len(x) // particles
-    check_measurement(operator, y, x, noise_std, batch=groups)
-    grid = make_grid(denoiser, x, sigmas, cond, callback)
+    grid = checked_grid(denoiser, measurement, x, sigmas, cond, callback, groups)
     noise = noise_source(x, generator)
-    y_all = y.repeat_interleave(k, 0)
-    linear = isinstance(operator, LinearOperator)
+    operator, noise_std, linear = measurement.operator, measurement.noise_std, measurement.linear
+    y_all = measurement.y.repeat_interleave(k, 0)
 
     def r2(i: int) -> float:
         return float(posterior_variance(grid[i], data_std))

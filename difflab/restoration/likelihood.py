@@ -1,6 +1,5 @@
-"""What the inverse-problem methods share: the measurement check, the Gaussian approximation of
-p(y | x) at noise level sigma (Song et al. 2023's, used by PiGDM's guidance and the SMC twist), its
-exact Gaussian conditioning, and one denoiser evaluation with a gradient through it.
+"""The Gaussian approximation of p(y | x) at noise level sigma that the restoration methods share
+(Song et al. 2023's, used by PiGDM's guidance and the SMC twist) and its exact Gaussian conditioning.
 
 With p(x0 | x) ~ N(D(x, sigma), r^2 I), y = A x0 + n, n ~ N(0, noise_std^2 I):
 
@@ -15,67 +14,16 @@ projections; r = 0 is Wu et al. 2023's twist, whose weights degenerate at high n
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from difflab.inverse.operators import LinearOperator
+from difflab.restoration.measurement import Operator
+from difflab.restoration.operators import LinearOperator
 
-__all__ = [
-    "Operator",
-    "check_measurement",
-    "condition",
-    "linear",
-    "log_likelihood",
-    "posterior_variance",
-]
+__all__ = ["condition", "log_likelihood", "posterior_variance"]
 
-Operator = LinearOperator | Callable[[Tensor], Tensor]
 _LOG_2PI = math.log(2 * math.pi)
-
-
-def check_measurement(
-    operator: Operator, y: Tensor, x: Tensor, noise_std: float, batch: int | None = None
-) -> None:
-    """ValueErrors naming the problem when y, x or noise_std cannot go together."""
-    if not callable(operator):
-        raise ValueError(f"operator must be a LinearOperator or a callable, got {operator!r}")
-    if not (isinstance(noise_std, int | float) and math.isfinite(noise_std) and noise_std >= 0):
-        raise ValueError(f"noise_std must be a number >= 0, got {noise_std!r}")
-    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 1:
-        raise ValueError("x must be a floating-point tensor [B, ...] (noise times sigmas[0])")
-    if not isinstance(y, Tensor) or y.ndim < 1:
-        raise ValueError("y must be a tensor [B, ...] (one measurement per sample)")
-    want = len(x) if batch is None else batch
-    if len(y) != want:
-        raise ValueError(f"got {len(y)} measurements y for {want} samples")
-    if isinstance(operator, LinearOperator):
-        if tuple(x.shape[1:]) != operator.in_shape:
-            raise ValueError(
-                f"x has sample shape {list(x.shape[1:])} but the operator takes "
-                f"{list(operator.in_shape)}"
-            )
-        if tuple(y.shape[1:]) != operator.out_shape:
-            raise ValueError(
-                f"y has shape {list(y.shape[1:])} per sample but the operator measures "
-                f"{list(operator.out_shape)}"
-            )
-    elif noise_std == 0:
-        raise ValueError(
-            "a callable (nonlinear) operator needs noise_std > 0: its likelihood has no "
-            "noise-free Gaussian form"
-        )
-
-
-def linear(operator: Operator, method: str) -> LinearOperator:
-    """The operator, or a ValueError saying ``method`` needs a LinearOperator (its SVD)."""
-    if not isinstance(operator, LinearOperator):
-        raise ValueError(
-            f"{method} needs a LinearOperator (it uses A's SVD); got {type(operator).__name__}. "
-            "For a nonlinear A use dps or smc"
-        )
-    return operator
 
 
 def posterior_variance(sigma: Tensor | float, data_std: float) -> Tensor | float:

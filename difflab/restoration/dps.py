@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from difflab.inverse.likelihood import Operator, check_measurement
-from difflab.inverse.steps import denoise_at, make_grid, value_and_grad
+from difflab.restoration.measurement import Measurement, takes_measurement
+from difflab.restoration.steps import checked_grid, denoise_at, value_and_grad
 from difflab.sampling.registry import Callback, noise_source
 from difflab.sampling.samplers.stochastic import ancestral_split
 from difflab.sampling.steps import check_final, ddim_step, final_step
@@ -19,11 +19,10 @@ from difflab.sampling.steps import check_final, ddim_step, final_step
 __all__ = ["dps"]
 
 
+@takes_measurement
 def dps(
     denoiser: Callable[..., Tensor],
-    operator: Operator,
-    y: Tensor,
-    noise_std: float,
+    measurement: Measurement,
     x: Tensor,
     sigmas: Tensor | Sequence[float],
     *,
@@ -40,16 +39,17 @@ def dps(
     The paper's DDPM runs on a VP process x_vp = x / sqrt(1 + sigma^2); its step, mapped into
     x = x0 + sigma eps, is the ancestral DDIM(eta = 1) step of ``ddim_eta`` and its correction is
     scaled by 1 / (a a') = sqrt((1 + sigma^2)(1 + sigma'^2)), so the update equals the paper's on
-    every grid. ``noise_std`` does not enter (zeta replaces 1 / noise_std^2). The last step into
-    sigma = 0 is the sampler's ``final`` step ("tau", or the paper's "denoised"). NFE = steps, each
-    with one backward pass through the denoiser. A biased approximation: see docs/inverse.md.
+    every grid. The measurement's noise_std does not enter (zeta replaces 1 / noise_std^2). The
+    last step into sigma = 0 is the sampler's ``final`` step ("tau", or the paper's "denoised").
+    NFE = steps, each with one backward pass through the denoiser. A biased approximation: see
+    docs/inverse.md.
     """
-    check_measurement(operator, y, x, noise_std)
     check_final(final, "dps")
     if not zeta >= 0:
         raise ValueError(f"zeta must be >= 0, got {zeta}")
-    grid = make_grid(denoiser, x, sigmas, cond, callback)
+    grid = checked_grid(denoiser, measurement, x, sigmas, cond, callback)
     noise = noise_source(x, generator)
+    operator, y = measurement.operator, measurement.y
 
     def residual_norm(d: Tensor) -> Tensor:
         return (y - operator(d)).flatten(1).norm(dim=1)

@@ -1,16 +1,20 @@
-"""Inverse problems against exact answers: operator algebra (adjoint, SVD), and for a linear-Gaussian
+"""Restoration (inverse problems) against exact answers: operator algebra (adjoint, SVD), and for a linear-Gaussian
 measurement of a Gaussian mixture each method's samples against the exact posterior (posterior-mean
 error and log-likelihood gap under the exact posterior)."""
 
 from __future__ import annotations
 
+import importlib
+import sys
+
 import pytest
 import torch
 
 from difflab import schedules
-from difflab.inverse import (
+from difflab.restoration import (
     Inpainting,
     Matrix,
+    Measurement,
     ddrm,
     downsample,
     dps,
@@ -25,7 +29,7 @@ from difflab.inverse import (
     systematic_resample,
     uniform_blur,
 )
-from difflab.inverse.restore import measure, restore, shown, task_operator
+from difflab.restoration.restore import measure, restore, shown, task_operator
 from difflab.testing import gaussian, projection_problem
 from difflab.testing.checks import CountingDenoiser
 
@@ -145,7 +149,8 @@ def test_operator_errors() -> None:
 def test_ddrm_close_to_the_exact_posterior(problem: dict) -> None:
     p, n = problem, 2000
     x = _start(n, p["sigmas"])
-    out = ddrm(p["prior"], p["op"], p["y"].expand(n, 2), NOISE, x, p["sigmas"], generator=_gen(7))
+    m = Measurement(p["op"], p["y"].expand(n, 2), NOISE)
+    out = ddrm(p["prior"], m, x, p["sigmas"], generator=_gen(7))
     err, gap = _score(p, out)
     prior_err, prior_gap = _score(p, p["prior"].sample(n, generator=_gen(2)))
     assert prior_err > 0.7 and prior_gap < -50  # the measurement carries real information
@@ -162,7 +167,7 @@ def test_ddrm_exact_where_coordinates_decouple() -> None:
     y = torch.tensor([[0.1, 0.2]], dtype=torch.float64).expand(4000, 2)
     sigmas = schedules.get("karras")(200, 0.005, 80.0)
     x = _start(4000, sigmas)
-    out = ddrm(prior, op, y, 0.0, x, sigmas, generator=_gen(3), eta=0.0)
+    out = ddrm(prior, Measurement(op, y, 0.0), x, sigmas, generator=_gen(3), eta=0.0)
     assert torch.equal(out[:, [0, 2]], y)
     missing = out[:, [1, 3]]
     assert torch.allclose(
@@ -174,7 +179,8 @@ def test_ddrm_exact_where_coordinates_decouple() -> None:
 def test_pigdm_conditions_on_the_measurement(problem: dict) -> None:
     p, n = problem, 2000
     x = _start(n, p["sigmas"])
-    out = pigdm(p["prior"], p["op"], p["y"].expand(n, 2), NOISE, x, p["sigmas"], generator=_gen(7))
+    m = Measurement(p["op"], p["y"].expand(n, 2), NOISE)
+    out = pigdm(p["prior"], m, x, p["sigmas"], generator=_gen(7))
     err, gap = _score(p, out)
     # measured 0.52, +0.01: the right typical set, the wrong mode weights (docs/inverse.md)
     assert err < 0.7 and abs(gap) < 0.3
@@ -188,7 +194,9 @@ def test_pigdm_denoiser_is_tweedie_for_a_gaussian_prior() -> None:
     a = op.dense()
     x = torch.randn(5, 3, generator=_gen(5), dtype=torch.float64)
     y = torch.randn(5, 2, generator=_gen(6), dtype=torch.float64)
-    guided = pigdm_denoiser(prior, op, y, noise, data_std=c)(x, torch.full((5,), sigma))
+    guided = pigdm_denoiser(prior, Measurement(op, y, noise), data_std=c)(
+        x, torch.full((5,), sigma)
+    )
     # x0 | x ~ N(D, r^2 I); conditioning on y = A x0 + n
     r2 = sigma**2 * c**2 / (sigma**2 + c**2)
     d = prior(x, sigma)
@@ -202,26 +210,16 @@ def test_dps_bias_is_measured(problem: dict) -> None:
     the prior's -109) but stays biased: -4.5 nats at zeta = 0.03, -212 at zeta = 1 (docs/inverse.md)."""
     p, n = problem, 2000
     x = _start(n, p["sigmas"])
-    out = dps(
-        p["prior"],
-        p["op"],
-        p["y"].expand(n, 2),
-        NOISE,
-        x,
-        p["sigmas"],
-        generator=_gen(7),
-        zeta=0.03,
-    )
+    m = Measurement(p["op"], p["y"].expand(n, 2), NOISE)
+    out = dps(p["prior"], m, x, p["sigmas"], generator=_gen(7), zeta=0.03)
     err, gap = _score(p, out)
     assert err < 0.4 and abs(gap) < 10  # measured 0.18, -4.5
 
 
 def _smc_errors(p: dict, k: int, groups: int, seed: int) -> tuple[float, float, object]:
     x = _start(k * groups, p["sigmas"], seed)
-    res = smc(
-        p["prior"], p["op"], p["y"].expand(groups, 2), NOISE, x, p["sigmas"],
-        particles=k, generator=_gen(seed + 1),
-    )  # fmt: skip
+    m = Measurement(p["op"], p["y"].expand(groups, 2), NOISE)
+    res = smc(p["prior"], m, x, p["sigmas"], particles=k, generator=_gen(seed + 1))
     means = res.x.view(groups, k, D).mean(1)
     rms = float((means - p["post"].mean).norm(dim=1).square().mean().sqrt())
     return rms, _score(p, res.x)[1], res
@@ -252,10 +250,8 @@ def test_smc_with_a_callable_operator(problem: dict) -> None:
     p, k = problem, 2048
     a = p["op"].dense()
     x = _start(2 * k, p["sigmas"], 50)
-    res = smc(
-        p["prior"], lambda v: v @ a.T, p["y"].expand(2, 2), NOISE, x, p["sigmas"],
-        particles=k, generator=_gen(51),
-    )  # fmt: skip
+    m = Measurement(lambda v: v @ a.T, p["y"].expand(2, 2), NOISE)
+    res = smc(p["prior"], m, x, p["sigmas"], particles=k, generator=_gen(51))
     err, gap = _score(p, res.x)
     assert err < 0.2 and abs(gap) < 0.35
 
@@ -279,14 +275,15 @@ def test_full_noise_free_observation_returns_y(problem: dict) -> None:
     op = Matrix(torch.eye(D, dtype=torch.float64))
     y = prior.sample(6, generator=_gen(8))
     x = _start(6, sigmas, 9)
+    m = Measurement(op, y, 0.0)
     for method in (pigdm, ddrm):
-        out = method(prior, op, y, 0.0, x, sigmas, generator=_gen(10))
+        out = method(prior, m, x, sigmas, generator=_gen(10))
         assert torch.allclose(out, y, atol=0.01), method.__name__
-    res = smc(prior, op, y, 0.0, _start(24, sigmas, 11), sigmas, particles=4, generator=_gen(12))
+    res = smc(prior, m, _start(24, sigmas, 11), sigmas, particles=4, generator=_gen(12))
     assert torch.allclose(res.x, y.repeat_interleave(4, 0), atol=1e-12)
     # DPS moves a fixed distance 2 zeta per step along the normalized gradient: it ends within
     # about 2 zeta of y, no closer (docs/inverse.md)
-    out = dps(prior, op, y, 0.0, x, sigmas, generator=_gen(10), zeta=0.3)
+    out = dps(prior, m, x, sigmas, generator=_gen(10), zeta=0.3)
     assert float((out - y).norm(dim=1).max()) < 2 * 0.3
 
 
@@ -318,8 +315,8 @@ def test_a_sample_does_not_depend_on_its_batch(method: str) -> None:
     y = measure(blur, truth, 0.1, seed=1)
     assert torch.equal(measure(blur, truth[:2], 0.1, seed=1), y[:2])
     sigmas = schedules.get("karras")(6, 0.01, 10.0)
-    three = restore(denoiser, blur, y, 0.1, sigmas, method, seed=2, particles=3)
-    two = restore(denoiser, blur, y[:2], 0.1, sigmas, method, seed=2, particles=3)
+    three = restore(denoiser, Measurement(blur, y, 0.1), sigmas, method, seed=2, particles=3)
+    two = restore(denoiser, Measurement(blur, y[:2], 0.1), sigmas, method, seed=2, particles=3)
     assert three.shape == truth.shape
     assert torch.allclose(three[:2], two, atol=1e-12)
 
@@ -329,10 +326,10 @@ def test_nfe_is_one_evaluation_per_step(problem: dict) -> None:
     x, y = _start(4, sigmas), p["y"].expand(4, 2)
     for method, options in ((dps, {}), (pigdm, {}), (ddrm, {})):
         counter = CountingDenoiser(p["prior"])
-        method(counter, p["op"], y, NOISE, x, sigmas, generator=_gen(0), **options)
+        method(counter, Measurement(p["op"], y, NOISE), x, sigmas, generator=_gen(0), **options)
         assert counter.calls == 7, method.__name__
     counter = CountingDenoiser(p["prior"])
-    smc(counter, p["op"], p["y"], NOISE, x, sigmas, particles=4, generator=_gen(0))
+    smc(counter, Measurement(p["op"], p["y"], NOISE), x, sigmas, particles=4, generator=_gen(0))
     assert counter.calls == 7
 
 
@@ -340,21 +337,133 @@ def test_bad_input_is_named(problem: dict) -> None:
     p = problem
     prior, op, sigmas = p["prior"], p["op"], p["sigmas"]
     x, y = _start(4, sigmas), p["y"].expand(4, 2)
+    m = Measurement(op, y, NOISE)
+    nonlinear = Measurement(lambda v: v[:, :2], y, NOISE)
     with pytest.raises(ValueError, match="needs a LinearOperator"):
-        ddrm(prior, lambda v: v[:, :2], y, NOISE, x, sigmas)
+        ddrm(prior, nonlinear, x, sigmas)
     with pytest.raises(ValueError, match="needs a LinearOperator"):
-        pigdm(prior, lambda v: v[:, :2], y, NOISE, x, sigmas)
-    with pytest.raises(ValueError, match="noise_std > 0"):
-        dps(prior, lambda v: v[:, :2], y, 0.0, x, sigmas)
-    with pytest.raises(ValueError, match="noise_std must be a number >= 0"):
-        ddrm(prior, op, y, -1.0, x, sigmas)
+        pigdm(prior, nonlinear, x, sigmas)
     with pytest.raises(ValueError, match="got 1 measurements y for 4 samples"):
-        ddrm(prior, op, p["y"], NOISE, x, sigmas)
+        ddrm(prior, Measurement(op, p["y"], NOISE), x, sigmas)
     with pytest.raises(ValueError, match="ending in 0"):
-        ddrm(prior, op, y, NOISE, x, sigmas[:-1])
+        ddrm(prior, m, x, sigmas[:-1])
     with pytest.raises(ValueError, match="operator takes"):
-        dps(prior, op, y, NOISE, torch.zeros(4, 3, dtype=torch.float64), sigmas)
+        dps(prior, m, torch.zeros(4, 3, dtype=torch.float64), sigmas)
     with pytest.raises(ValueError, match="not a multiple of particles"):
-        smc(prior, op, p["y"], NOISE, x[:3], sigmas, particles=2)
+        smc(prior, Measurement(op, p["y"], NOISE), x[:3], sigmas, particles=2)
+    with pytest.raises(ValueError, match="for 2 groups of particles"):
+        smc(prior, m, x, sigmas, particles=2)
     with pytest.raises(ValueError, match="Did you mean 'smc'"):
-        restore(prior, op, y, NOISE, sigmas, "smcc")
+        restore(prior, m, sigmas, "smcc")
+    with pytest.raises(TypeError, match=r"takes \(denoiser, measurement, ...\)"):
+        dps(prior, op, x)
+
+
+def _one_line_error(make, match: str) -> None:
+    with pytest.raises(ValueError, match=match) as info:
+        make()
+    assert "\n" not in str(info.value), str(info.value)
+
+
+def test_measurement_checks_are_one_line_errors(problem: dict) -> None:
+    """The checks of y = A(x0) + noise_std n live in Measurement: at construction for the three
+    together, in ``check`` for a start x against them."""
+    op, y = problem["op"], problem["y"].expand(4, 2)
+    _one_line_error(lambda: Measurement("A", y, NOISE), "operator must be a LinearOperator or a")
+    for bad in (-1.0, float("nan"), float("inf"), True, "0.2", None):
+        _one_line_error(lambda bad=bad: Measurement(op, y, bad), "noise_std must be a number >= 0")
+    _one_line_error(lambda: Measurement(op, [[0.1, 0.2]], NOISE), "y must be a tensor")
+    _one_line_error(lambda: Measurement(op, torch.tensor(0.5), NOISE), "y must be a tensor")
+    _one_line_error(
+        lambda: Measurement(op, torch.zeros(4, 3), NOISE), r"y has shape \[3\] per sample but"
+    )
+    _one_line_error(lambda: Measurement(lambda v: v, y, 0.0), "needs noise_std > 0")
+    m = Measurement(op, y, 1)  # an integer noise level is a number
+    assert m.noise_std == 1.0 and isinstance(m.noise_std, float) and m.linear
+    m.check(torch.zeros(4, D, dtype=torch.float64))
+    m.check(torch.zeros(8, D, dtype=torch.float64), groups=4)
+    _one_line_error(lambda: m.check(torch.zeros(3, D)), "got 4 measurements y for 3 samples")
+    _one_line_error(lambda: m.check(torch.zeros(4, D + 1)), r"sample shape \[5\] but the operator")
+    _one_line_error(lambda: m.check([0.0] * 4), "x must be a tensor")
+    _one_line_error(
+        lambda: Measurement(lambda v: v[:, :2], y, NOISE).linear_operator("ddrm"),
+        "ddrm needs a LinearOperator",
+    )
+
+
+@pytest.mark.parametrize("method", [dps, pigdm, ddrm, smc])
+def test_each_method_takes_a_measurement_and_the_old_spelling(problem: dict, method) -> None:
+    """method(denoiser, Measurement(A, y, noise_std), x, sigmas, ...) is the signature; the
+    spelling method(denoiser, A, y, noise_std, x, sigmas, ...) of the docs before it gives the
+    same samples."""
+    p, sigmas = problem, schedules.get("karras")(5, 0.01, 10.0)
+    options = {"particles": 2} if method is smc else {}
+    groups = 2 if method is smc else 4
+    x, y = _start(4, sigmas), p["y"].expand(groups, 2)
+    new = method(
+        p["prior"], Measurement(p["op"], y, NOISE), x, sigmas, generator=_gen(3), **options
+    )
+    old = method(p["prior"], p["op"], y, NOISE, x, sigmas, generator=_gen(3), **options)
+    keyword = method(
+        p["prior"],
+        measurement=Measurement(p["op"], y, NOISE),
+        x=x,
+        sigmas=sigmas,
+        generator=_gen(3),
+        **options,
+    )
+    if method is smc:
+        new, old, keyword = new.x, old.x, keyword.x
+    assert torch.equal(new, old) and torch.equal(new, keyword)
+
+
+def test_pigdm_denoiser_and_restore_take_a_measurement_and_the_old_spelling() -> None:
+    blur = gaussian_blur((1, 4, 4), 0.7)
+    prior = gaussian(torch.zeros(16), 0.5)
+
+    def denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return prior(x.flatten(1), sigma).reshape(x.shape)
+
+    y = measure(blur, torch.randn(2, 1, 4, 4, generator=_gen(0), dtype=torch.float64), 0.1)
+    m = Measurement(blur, y, 0.1)
+    x, sigma = (
+        torch.randn(2, 1, 4, 4, generator=_gen(1), dtype=torch.float64),
+        torch.full((2,), 0.8),
+    )
+    assert torch.equal(
+        pigdm_denoiser(denoiser, m, 0.7)(x, sigma),
+        pigdm_denoiser(denoiser, blur, y, 0.1, data_std=0.7)(x, sigma),
+    )
+    sigmas = schedules.get("karras")(4, 0.01, 10.0)
+    assert torch.equal(
+        restore(denoiser, m, sigmas, "pigdm", seed=3),
+        restore(denoiser, blur, y, 0.1, sigmas, "pigdm", seed=3),
+    )
+    with pytest.raises(ValueError, match="restore needs a LinearOperator"):
+        restore(denoiser, Measurement(lambda v: v, y, 0.1), sigmas)
+
+
+def test_the_deprecated_inverse_path_imports_the_same_objects() -> None:
+    """difflab.inverse, the name before difflab.restoration, warns and is the same package: its
+    submodules are the restoration modules themselves."""
+    import difflab.restoration as restoration
+    import difflab.restoration.operators
+    import difflab.restoration.restore
+
+    for name in [
+        k for k in sys.modules if k == "difflab.inverse" or k.startswith("difflab.inverse.")
+    ]:
+        del sys.modules[name]
+    with pytest.warns(DeprecationWarning, match="import difflab.restoration"):
+        inverse = importlib.import_module("difflab.inverse")
+    from difflab.inverse.operators import LinearOperator
+    from difflab.inverse.restore import restore as old_restore
+
+    assert sorted(inverse.__all__) == sorted(restoration.__all__)
+    assert all(getattr(inverse, name) is getattr(restoration, name) for name in restoration.__all__)
+    assert LinearOperator is difflab.restoration.operators.LinearOperator
+    assert old_restore is difflab.restoration.restore.restore
+    assert importlib.import_module("difflab.inverse.smc") is importlib.import_module(
+        "difflab.restoration.smc"
+    )
+    assert inverse.operators is restoration.operators
