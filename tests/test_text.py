@@ -19,10 +19,10 @@ from difflab.text import (
     categorical,
     exact_nelbo,
     load,
+    masking,
     nelbo,
     samplers,
     save_text_model,
-    schedules,
     shakespeare,
 )
 from difflab.text.categorical import GUMBEL_MAX, float32_tail_probability, gumbel_from_uniform
@@ -86,12 +86,12 @@ def test_token_data_windows_rows_and_errors(tmp_path):
         stream.batch(2, 101)
 
 
-# ------------------------------------------------------------------ schedules and the ELBO
+# ------------------------------------------------------------------ masking schedules and the ELBO
 
 
 @pytest.mark.parametrize("name", SCHEDULES)
 def test_schedule_alpha_derivative_and_inverse(name):
-    s = schedules.get(name)
+    s = masking.get(name)
     t = torch.linspace(0.01, 0.99, 50, dtype=torch.float64)
     assert float(s.alpha(torch.tensor(0.0, dtype=torch.float64))) == 1.0
     assert float(s.alpha(torch.tensor(1.0, dtype=torch.float64))) == pytest.approx(
@@ -106,7 +106,7 @@ def test_schedule_alpha_derivative_and_inverse(name):
 
 def test_unknown_schedule_names_the_nearest():
     with pytest.raises(ValueError, match="Did you mean 'cosine'"):
-        schedules.get("cosin")
+        masking.get("cosin")
 
 
 def test_exact_nelbo_of_the_exact_model_is_its_negative_log_likelihood():

@@ -10,7 +10,8 @@ Feature caching, as modules with the network's own signature that go inside any 
 
 Post-training int8 quantization calibrated along sampling trajectories (:func:`quantize`,
 :func:`along_trajectories`), and distillation into 1-4 step students (progressive, consistency
-distillation and training, reflow: :class:`DistillTrainer`, ``difflab distill``).
+distillation and training, reflow: :func:`difflab.acceleration.distill.distill`,
+:class:`DistillTrainer`, ``difflab distill``).
 """
 
 from difflab.acceleration.blockcache import BlockCache, relative_change
@@ -24,7 +25,13 @@ from difflab.acceleration.consistency import (
 )
 from difflab.acceleration.deepcache import DeepCache
 from difflab.acceleration.denoisers import with_network
-from difflab.acceleration.distill import DEFAULTS, METHODS, DistillTrainer, full_config
+from difflab.acceleration.distill import (
+    DEFAULTS,
+    METHODS,
+    Distillation,
+    DistillTrainer,
+    full_config,
+)
 from difflab.acceleration.features import FeatureCache
 from difflab.acceleration.grids import few_step_grid
 from difflab.acceleration.progressive import halve, progressive_target
@@ -38,6 +45,7 @@ __all__ = [
     "BlockCache",
     "DeepCache",
     "DistillTrainer",
+    "Distillation",
     "FeatureCache",
     "GridLevels",
     "StepCache",

@@ -9,7 +9,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
-__all__ = ["CliError", "Parser", "check_output", "lookup", "positive", "user_errors"]
+__all__ = [
+    "CliError",
+    "Parser",
+    "add_run_arguments",
+    "check_output",
+    "lookup",
+    "positive",
+    "run_training",
+    "user_errors",
+]
 
 
 class CliError(ValueError):
@@ -56,3 +65,23 @@ def positive(value: int | None, option: str, minimum: int = 1) -> None:
     """Raise a CliError unless ``value`` (when given) is at least ``minimum``."""
     if value is not None and value < minimum:
         raise CliError(f"{option} must be >= {minimum}, got {value}")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, what: str = "training") -> None:
+    """The arguments of a training command (`difflab train`, `text train`, `distill`): the config,
+    its overrides, the run folder and --fresh."""
+    parser.add_argument("--config", required=True, help=f"TOML or JSON {what} config")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. optim.lr=1e-3")
+    parser.add_argument("--run-dir", default=None, help="run folder (default: run.out/run.name)")
+    parser.add_argument(
+        "--fresh", action="store_true", help="start over instead of resuming the latest checkpoint"
+    )
+
+
+def run_training(args: argparse.Namespace, train: Callable[..., Any]) -> None:
+    """``train(config, overrides, run_dir, resume=...)`` from a training command's arguments (see
+    :func:`add_run_arguments`), its errors one line; then name the model folders it wrote."""
+    with user_errors():
+        trainer = train(args.config, args.overrides, args.run_dir, resume=not args.fresh)
+    for folder in trainer.exported:
+        print(f"wrote {folder}")

@@ -6,7 +6,15 @@ import argparse
 import re
 from typing import Any
 
-from difflab.cli.common import CliError, check_output, lookup, positive, user_errors
+from difflab.cli.common import (
+    CliError,
+    add_run_arguments,
+    check_output,
+    lookup,
+    positive,
+    run_training,
+    user_errors,
+)
 
 __all__ = ["add", "escape", "unescape"]
 
@@ -64,10 +72,7 @@ def add(commands: Any) -> None:
         "metrics.jsonl and, at the end, model/ (EMA weights, loadable by --model).",
         epilog="Example: difflab text train --config configs/text_shakespeare.toml run.steps=100",
     )
-    tr.add_argument("--config", required=True, help="TOML or JSON config")
-    tr.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. optim.lr=1e-3")
-    tr.add_argument("--run-dir", default=None, help="run folder (default: run.out/run.name)")
-    tr.add_argument("--fresh", action="store_true", help="start over instead of resuming")
+    add_run_arguments(tr)
     tr.set_defaults(run=run_train)
 
 
@@ -135,8 +140,4 @@ def run_sample(args: argparse.Namespace) -> None:
 def run_train(args: argparse.Namespace) -> None:
     from difflab.text.train import train
 
-    try:
-        trainer = train(args.config, args.overrides, args.run_dir, resume=not args.fresh)
-    except (ValueError, FileNotFoundError) as e:
-        raise CliError(str(e)) from None
-    print(f"wrote {trainer.run_dir / 'model'}")
+    run_training(args, train)

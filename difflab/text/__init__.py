@@ -4,7 +4,7 @@
     out = model.generate(8, length=256, sampler="first_hitting", seed=0)
     print(out.texts[0])
 
-- :mod:`~difflab.text.schedules`: masking schedules alpha_t (linear, cosine, log_linear).
+- :mod:`~difflab.text.masking`: masking schedules alpha_t (linear, cosine, log_linear).
 - :mod:`~difflab.text.diffusion`: forward masking, the MDLM negative ELBO with SUBS (Monte Carlo and
   exact by enumeration), the autoregressive NLL.
 - :mod:`~difflab.text.samplers`: ancestral (cached), first-hitting, confidence (MaskGIT),
@@ -16,7 +16,7 @@
 - :mod:`~difflab.text.model` (saved models), :mod:`~difflab.text.train`, :mod:`~difflab.text.metrics`.
 """
 
-from difflab.text import samplers, schedules
+from difflab.text import masking, samplers
 from difflab.text.categorical import categorical, gumbel
 from difflab.text.data import CharTokenizer, TokenData, load_tokens, shakespeare
 from difflab.text.diffusion import autoregressive_nll, exact_nelbo, mask, nelbo
@@ -38,9 +38,9 @@ __all__ = [
     "load",
     "load_tokens",
     "mask",
+    "masking",
     "nelbo",
     "samplers",
     "save_text_model",
-    "schedules",
     "shakespeare",
 ]

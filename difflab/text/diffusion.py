@@ -24,15 +24,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from difflab.sampling.noise import rand
-from difflab.text.schedules import MaskingSchedule
-from difflab.text.schedules import get as get_schedule
+from difflab.text.masking import Masking
+from difflab.text.masking import get as get_masking
 
 __all__ = [
     "antithetic_times",
     "autoregressive_nll",
     "check_tokens",
+    "draw_masks",
     "exact_nelbo",
     "mask",
+    "masked_nelbo",
     "nelbo",
     "vocab_size",
 ]
@@ -86,7 +88,7 @@ def antithetic_times(
 def nelbo(
     network: Network,
     x0: Tensor,
-    schedule: str | MaskingSchedule = "linear",
+    schedule: str | Masking = "linear",
     t: Tensor | float | None = None,
     generator: Generator = None,
 ) -> Tensor:
@@ -94,8 +96,23 @@ def nelbo(
     -alpha'_t / (1 - alpha_t) * sum_{masked l} -log x_theta(z_t)^l_{x0^l} with z_t ~ q(z_t | x0) and
     t per sequence (default: :func:`antithetic_times`). Its expectation is the bound above (the
     log_linear schedule's alpha_1 = eps leaves out the last eps of mask rates, as in MDLM)."""
-    schedule = get_schedule(schedule)
+    schedule = get_masking(schedule)
     vocab = vocab_size(network)
+    t, z = draw_masks(x0, schedule, vocab, t, generator)
+    return masked_nelbo(network, x0, z, t, schedule, vocab)
+
+
+def draw_masks(
+    x0: Tensor,
+    schedule: str | Masking,
+    vocab: int,
+    t: Tensor | float | None = None,
+    generator: Generator = None,
+) -> tuple[Tensor, Tensor]:
+    """(t [B], z_t [B, L]) of :func:`nelbo`'s estimate: t per sequence (default
+    :func:`antithetic_times`), then z_t ~ q(z_t | x0) with mask id ``vocab``, in that order from
+    ``generator``."""
+    schedule = get_masking(schedule)
     check_tokens(x0, vocab)
     if t is None:
         g = generator if isinstance(generator, torch.Generator) else None
@@ -103,7 +120,22 @@ def nelbo(
     t = torch.as_tensor(t, dtype=torch.float64, device=x0.device).expand(x0.shape[0])
     if not bool(((t > 0) & (t <= 1)).all()):
         raise ValueError("times t must lie in (0, 1]")
-    z = mask(x0, schedule.alpha(t), vocab, generator)
+    return t, mask(x0, schedule.alpha(t), vocab, generator)
+
+
+def masked_nelbo(
+    network: Network,
+    x0: Tensor,
+    z: Tensor,
+    t: Tensor,
+    schedule: str | Masking = "linear",
+    vocab: int | None = None,
+) -> Tensor:
+    """The negative-ELBO estimate of :func:`nelbo` [B] at given times t [B] and masked sequences
+    z_t [B, L] (drawn with :func:`mask`, mask id ``vocab``, default ``network.vocab_size``):
+    -alpha'_t / (1 - alpha_t) * sum_{masked l} -log x_theta(z_t)^l_{x0^l}."""
+    schedule = get_masking(schedule)
+    vocab = vocab_size(network) if vocab is None else vocab
     logits = network(z)
     ce = F.cross_entropy(logits.float().transpose(1, 2), x0, reduction="none")
     return schedule.weight(t) * (ce.double() * (z == vocab)).sum(1)
@@ -117,13 +149,13 @@ def _rate_integral(k: int, n: int, r1: float) -> float:
     return sum(math.comb(n - k, j) * (-1) ** j * r1 ** (k + j) / (k + j) for j in range(n - k + 1))
 
 
-def exact_nelbo(network: Network, x0: Tensor, schedule: str | MaskingSchedule = "linear") -> Tensor:
+def exact_nelbo(network: Network, x0: Tensor, schedule: str | Masking = "linear") -> Tensor:
     """The expectation of :func:`nelbo` for a time-agnostic network, exactly, in nats [B]:
     sum over nonempty masked sets S of c_|S| * sum_{l in S} -log x_theta(x0 with S masked)^l_{x0^l},
     c_k = int_0^{r_1} r^(k-1) (1-r)^(L-k) dr with r_1 = 1 - alpha_1; for alpha_1 = 0 (linear, cosine)
     c_k = (k-1)! (L-k)! / L!, the any-order autoregressive bound (Ou et al. 2024). Enumerates all
     2^L - 1 masks: for short sequences (L <= 16)."""
-    schedule = get_schedule(schedule)
+    schedule = get_masking(schedule)
     vocab = vocab_size(network)
     check_tokens(x0, vocab)
     b, n = x0.shape
@@ -140,10 +172,10 @@ def exact_nelbo(network: Network, x0: Tensor, schedule: str | MaskingSchedule = 
     return -(coef[None] * (logp * sets[None]).sum(-1)).sum(1)
 
 
-def autoregressive_nll(network: Network, x: Tensor) -> Tensor:
+def autoregressive_nll(network: Network, x: Tensor, vocab: int | None = None) -> Tensor:
     """-log p(x) = -sum_l log p(x^l | x^{<l}) of a causal network, nats per token [B, L]: the input is
-    x shifted right behind the start id V (``network.vocab_size``)."""
-    vocab = vocab_size(network)
+    x shifted right behind the start id V (``vocab``, default ``network.vocab_size``)."""
+    vocab = vocab_size(network) if vocab is None else vocab
     check_tokens(x, vocab, "x")
     start = torch.full_like(x[:, :1], vocab)
     logits = network(torch.cat([start, x[:, :-1]], dim=1))

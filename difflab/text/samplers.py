@@ -23,8 +23,8 @@ from difflab.core.tensors import unknown_name
 from difflab.sampling.noise import rand
 from difflab.text.categorical import categorical, gumbel
 from difflab.text.diffusion import check_tokens, vocab_size
-from difflab.text.schedules import MaskingSchedule
-from difflab.text.schedules import get as get_schedule
+from difflab.text.masking import Masking
+from difflab.text.masking import get as get_masking
 
 __all__ = ["SAMPLERS", "ancestral", "available", "confidence", "first_hitting", "get", "semi_ar"]
 
@@ -68,7 +68,7 @@ def ancestral(
     z: Tensor,
     steps: int,
     *,
-    schedule: str | MaskingSchedule = "linear",
+    schedule: str | Masking = "linear",
     temperature: float = 1.0,
     cache: bool = True,
     dtype: torch.dtype = torch.float64,
@@ -83,7 +83,7 @@ def ancestral(
     the same as without it. NFE per sample <= min(steps, number of distinct states)."""
     mask_id = _start(network, z, steps)
     _check_temperature(temperature)
-    schedule = get_schedule(schedule)
+    schedule = get_masking(schedule)
     times = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
     alphas = schedule.alpha(times)
     z = z.clone()
@@ -110,7 +110,7 @@ def first_hitting(
     z: Tensor,
     steps: int | None = None,
     *,
-    schedule: str | MaskingSchedule = "linear",
+    schedule: str | Masking = "linear",
     temperature: float = 1.0,
     dtype: torch.dtype = torch.float64,
     generator: Generator = None,
@@ -127,7 +127,7 @@ def first_hitting(
     exact); the time is then that of the k-th of n unmaskings, prod_j u_j^(1/(n-j))."""
     mask_id = _start(network, z, steps)
     _check_temperature(temperature)
-    schedule = get_schedule(schedule)
+    schedule = get_masking(schedule)
     z = z.clone()
     masked = z == mask_id
     n0 = int(masked.sum(1).max())
@@ -168,7 +168,7 @@ def confidence(
     z: Tensor,
     steps: int,
     *,
-    schedule: str | MaskingSchedule = "cosine",
+    schedule: str | Masking = "cosine",
     temperature: float = 1.0,
     choice_temperature: float = 0.0,
     dtype: torch.dtype = torch.float64,
@@ -184,7 +184,7 @@ def confidence(
     mask_id = _start(network, z, steps)
     _check_temperature(temperature)
     _check_temperature(choice_temperature)
-    schedule = get_schedule(schedule)
+    schedule = get_masking(schedule)
     times = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
     masked_fraction = (1 - schedule.alpha(times)) / (1 - schedule.alpha(times[:1]))
     z = z.clone()

@@ -12,12 +12,19 @@ from typing import Any
 from difflab.core.tensors import check_name, unknown_name
 from difflab.utils.weights import read_config
 
-__all__ = ["DEFAULTS", "apply_overrides", "load_config", "merge_defaults"]
+__all__ = [
+    "DEFAULTS",
+    "FREE_SECTIONS",
+    "LOOP_DEFAULTS",
+    "apply_overrides",
+    "extend",
+    "load_config",
+    "merge_defaults",
+]
 
-# Sections whose keys are free-form (passed on to another component that validates them).
-FREE_SECTIONS = ("model", "objective", "data")
-
-DEFAULTS: dict[str, dict[str, Any]] = {
+# The sections and keys the training loop itself reads (difflab.training.loop.Trainer), whatever
+# the task: a task's defaults are these, extended by :func:`extend` with its own sections and keys.
+LOOP_DEFAULTS: dict[str, dict[str, Any]] = {
     "run": {
         "name": "run",
         "out": "runs",
@@ -26,16 +33,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "log_every": 50,
         "checkpoint_every": 500,
         "keep": 2,
-        "sample_every": 0,
-        "val_every": 0,
-        "val_batches": 4,
         "threads": 0,
         "max_bad_steps": 5,
         "tensorboard": "auto",
     },
-    "data": {"name": "mnist", "split": "train", "val_split": "test"},
-    "model": {"type": "unet"},
-    "objective": {},
     "optim": {
         "lr": 2e-4,
         "betas": [0.9, 0.999],
@@ -50,14 +51,41 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "ema": {"kind": "power", "sigma_rel": 0.05, "decay": 0.999},
     "precision": {"autocast": "none", "channels_last": False},
-    "sample": {
-        "sampler": "dpmpp_2m",
-        "schedule": "karras",
-        "steps": 20,
-        "n": 64,
-        "guidance": 1.0,
-    },
 }
+
+
+def extend(
+    base: dict[str, dict[str, Any]], sections: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """``base`` with each of ``sections``' keys set (new sections and keys added, others' values
+    replaced): a task's defaults from :data:`LOOP_DEFAULTS`."""
+    out = copy.deepcopy(base)
+    for name, values in sections.items():
+        out.setdefault(name, {}).update(copy.deepcopy(values))
+    return out
+
+
+# Sections whose keys are free-form (passed on to another component that validates them).
+FREE_SECTIONS = ("model", "objective", "data")
+
+# The denoising task's defaults (difflab.training.denoising): the loop's, with its data, network,
+# objective and sampling sections and the run keys of its evaluations.
+DEFAULTS: dict[str, dict[str, Any]] = extend(
+    LOOP_DEFAULTS,
+    {
+        "run": {"sample_every": 0, "val_every": 0, "val_batches": 4},
+        "data": {"name": "mnist", "split": "train", "val_split": "test"},
+        "model": {"type": "unet"},
+        "objective": {},
+        "sample": {
+            "sampler": "dpmpp_2m",
+            "schedule": "karras",
+            "steps": 20,
+            "n": 64,
+            "guidance": 1.0,
+        },
+    },
+)
 
 
 def merge_defaults(
@@ -65,8 +93,8 @@ def merge_defaults(
     defaults: dict[str, dict[str, Any]] = DEFAULTS,
     free: tuple[str, ...] = FREE_SECTIONS,
 ) -> dict[str, Any]:
-    """The full configuration: ``config`` over ``defaults`` (the training loop's DEFAULTS), with
-    unknown sections and keys refused except in the ``free`` sections."""
+    """The full configuration: ``config`` over ``defaults`` (a task's; the denoising task's by
+    default), with unknown sections and keys refused except in the ``free`` sections."""
     out = copy.deepcopy(defaults)
     for section, values in config.items():
         check_name("config section", section, defaults)
@@ -105,11 +133,12 @@ def apply_overrides(config: dict[str, Any], overrides: Iterable[str]) -> dict[st
 
 
 def load_config(
-    path: str | Path | None,
+    path: str | Path | dict[str, Any] | None,
     overrides: Iterable[str] = (),
     defaults: dict[str, dict[str, Any]] = DEFAULTS,
     free: tuple[str, ...] = FREE_SECTIONS,
 ) -> dict[str, Any]:
-    """Read a TOML/JSON training config, apply overrides, fill in ``defaults`` and validate keys."""
-    config = read_config(path) if path is not None else {}
+    """Read a TOML/JSON training config (or take a dict), apply overrides, fill in ``defaults``
+    and validate keys."""
+    config = path if isinstance(path, dict) else read_config(path) if path is not None else {}
     return merge_defaults(apply_overrides(config, overrides), defaults, free)

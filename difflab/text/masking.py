@@ -1,4 +1,7 @@
 """Masking schedules of absorbing-state (masked) diffusion: alpha_t = P(token still unmasked at t).
+(Step grids, the other kind of schedule, are :mod:`difflab.schedules`; a masking schedule is a
+:class:`Masking` here, named by the text config's ``objective.schedule`` and a text model's
+``"schedule"``.)
 
 q(z_t | x) = Cat(alpha_t x + (1 - alpha_t) m) per token, t in [0, 1], alpha_0 = 1 (Austin et al. 2021;
 Sahoo et al. 2024; Shi et al. 2024). Every schedule gives the same continuous-time ELBO when the
@@ -16,13 +19,13 @@ from torch import Tensor
 
 from difflab.core.tensors import unknown_name
 
-__all__ = ["SCHEDULES", "MaskingSchedule", "get"]
+__all__ = ["MASKINGS", "Masking", "get"]
 
-SCHEDULES = ("linear", "cosine", "log_linear")
+MASKINGS = ("linear", "cosine", "log_linear")
 
 
 @dataclass(frozen=True)
-class MaskingSchedule:
+class Masking:
     """alpha(t), its derivative alpha'(t) and inverse t(alpha) for one named schedule.
 
     linear: alpha = 1 - t (D3PM's absorbing schedule in continuous time, Austin et al. 2021);
@@ -36,8 +39,8 @@ class MaskingSchedule:
     eps: float = 1e-3
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or self.name not in SCHEDULES:
-            raise unknown_name("masking schedule", self.name, SCHEDULES)
+        if not isinstance(self.name, str) or self.name not in MASKINGS:
+            raise unknown_name("masking schedule", self.name, MASKINGS)
         if not 0 < self.eps < 1:
             raise ValueError(f"log_linear eps must lie in (0, 1), got {self.eps}")
 
@@ -70,10 +73,10 @@ class MaskingSchedule:
         return -self.dalpha(t) / (1 - self.alpha(t))
 
 
-def get(schedule: str | MaskingSchedule) -> MaskingSchedule:
-    """A schedule by name ("linear", "cosine", "log_linear"), or the schedule itself."""
-    if isinstance(schedule, MaskingSchedule):
-        return schedule
-    if not isinstance(schedule, str) or schedule not in SCHEDULES:
-        raise unknown_name("masking schedule", schedule, SCHEDULES)
-    return MaskingSchedule(schedule)
+def get(masking: str | Masking) -> Masking:
+    """A masking schedule by name ("linear", "cosine", "log_linear"), or the masking itself."""
+    if isinstance(masking, Masking):
+        return masking
+    if not isinstance(masking, str) or masking not in MASKINGS:
+        raise unknown_name("masking schedule", masking, MASKINGS)
+    return Masking(masking)
