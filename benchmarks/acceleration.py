@@ -112,7 +112,7 @@ def main() -> None:
     calibrate = along_trajectories(
         lambda net: classifier_free(with_network(base, net), GUIDANCE),
         model.shape,
-        step_grid("karras", NFE, model.objective.process),
+        step_grid("karras", NFE, model.process),
         sampler=SAMPLER,
         n=64,
         labels=torch.arange(64) % model.num_classes,

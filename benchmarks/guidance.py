@@ -37,6 +37,7 @@ import difflab
 from difflab import data as datasets
 from difflab import guidance as G
 from difflab.metrics import class_accuracy, frechet_distance, mnist_features
+from difflab.models import perturbed_attention
 from difflab.pretrained.generate import sample_batched, step_grid
 
 # the grid -> the (guided) denoiser, or (denoiser, sampler function) for a sampler wrapper (W2SD)
@@ -56,7 +57,9 @@ class Guides:
 
     @functools.cached_property
     def classifier(self) -> Any:
-        return G.load_noisy_classifier()
+        from difflab.pretrained import load_classifier
+
+        return load_classifier("mnist_noisy_classifier")
 
     def unconditional(self, x: Tensor, sigma: Tensor, labels: Tensor) -> Tensor:
         """The null-label model, the base of classifier and reward guidance."""
@@ -143,13 +146,13 @@ def rows(g: Guides, quick: bool) -> list[tuple[str, str, str, Builder]]:
             "PAG",
             "w = 2 (s = 1), every attention layer",
             "dpmpp_2m",
-            lambda s: G.perturbed_attention(d, 2.0),
+            lambda s: perturbed_attention(d, 2.0),
         ),
         (
             "PAG",
             "w = 4 (s = 3), every attention layer",
             "dpmpp_2m",
-            lambda s: G.perturbed_attention(d, 4.0),
+            lambda s: perturbed_attention(d, 4.0),
         ),
         (
             "classifier",
@@ -210,7 +213,7 @@ def main() -> None:
         mnist_features(train[torch.randperm(len(train), generator=g)[: args.n]])[0], ref
     )
     labels = torch.arange(args.n) % 10
-    sigmas = step_grid("karras", args.steps, model.objective.process)
+    sigmas = step_grid("karras", args.steps, model.process)
     print(
         f"mnist, n = {args.n} per row, labels cycling 0-9, {args.steps} steps on the Karras grid "
         f"(sigma {float(sigmas[0]):g} .. {float(sigmas[-2]):g}); data floor FD = {floor:.2f}\n"

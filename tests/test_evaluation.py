@@ -17,7 +17,9 @@ from difflab.metrics import (
     read_samples,
 )
 from difflab.metrics.nfe import steps_for_nfe
+from difflab.training.denoising import diffusion_model_config
 from difflab.training.objectives import Objective
+from difflab.utils.folder import save_folder
 
 REF_N = 400  # reference samples: enough for a stable Fréchet distance in 128 features, and fast
 
@@ -51,7 +53,9 @@ def save_tiny_mnist(folder):
     objective = Objective("edm", "edm", "edm", "lognormal", label_dropout=0.1, sigma_data=0.5)
     mnist = Dataset(torch.zeros(10, 1, 28, 28), torch.arange(10), name="mnist/train")
     sample = {"sampler": "euler", "schedule": "karras", "steps": 4}
-    return pretrained.save_model(folder, net, objective=objective, data=mnist, sample=sample)
+    return save_folder(
+        folder, diffusion_model_config(net, objective, mnist, sample, {}), net.state_dict()
+    )
 
 
 def save_tiny_points(folder):
@@ -62,7 +66,9 @@ def save_tiny_points(folder):
     objective = Objective("flow", "velocity", noise_levels="logit_normal")
     moons = Dataset(torch.zeros(4, 2), name="moons/train")
     sample = {"sampler": "euler", "schedule": "flow", "steps": 4}
-    return pretrained.save_model(folder, net, objective=objective, data=moons, sample=sample)
+    return save_folder(
+        folder, diffusion_model_config(net, objective, moons, sample, {}), net.state_dict()
+    )
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,10 @@ from difflab.guidance import (
     classifier_free,
     classifier_guidance,
     composable,
-    load_noisy_classifier,
-    perturbed_attention,
     renoise,
     reward_guidance,
 )
-from difflab.models.attention import attention_layers, identity_attention
+from difflab.models.attention import attention_layers, identity_attention, perturbed_attention
 from difflab.testing import GaussianMixture, gaussian, random_mixture
 
 LABELS = torch.tensor([0, 0, 1, 1, 2, 2])
@@ -464,8 +462,9 @@ def test_every_guided_denoiser_works_with_every_sampler(gmm, sampler):
 
 def test_shipped_noisy_classifier_is_noise_conditional_and_accurate():
     from difflab import data
+    from difflab.pretrained import load_classifier
 
-    clf = load_noisy_classifier()
+    clf = load_classifier("mnist_noisy_classifier")
     test = data.load("mnist", "test")
     x0, y = test.x[:200], test.labels[:200]
     g = torch.Generator().manual_seed(0)

@@ -11,7 +11,9 @@ import difflab
 from difflab import models, pretrained, sampling
 from difflab.data import Dataset
 from difflab.guidance import classifier_free
+from difflab.training.denoising import diffusion_model_config
 from difflab.training.objectives import Objective
+from difflab.utils.folder import save_folder
 from difflab.utils.weights import load_weights, save_weights
 
 
@@ -55,9 +57,19 @@ def save_tiny(folder, kind: str = "image", label_dropout: float = 0.1, seed: int
         data = Dataset(torch.zeros(4, dim), name="toy")
         sample = {"sampler": "euler", "schedule": "flow", "steps": 4, "n": 50}
     _randomize(net, seed)
-    return pretrained.save_model(
-        folder, net, objective=objective, data=data, sample=sample, training={"steps": 7}
-    )
+    config = diffusion_model_config(net, objective, data, sample, {"steps": 7})
+    return save_folder(folder, config, net.state_dict())
+
+
+def as_version_1(folder):
+    """Rewrite a model folder's config.json as version 1 wrote it: no type, parameterization nor
+    null_class (the objective section held them); returns the folder."""
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    for key in ("type", "parameterization", "null_class"):
+        config.pop(key)
+    path.write_text(json.dumps({**config, "version": 1}))
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +85,8 @@ def image_model(image_dir):
 def test_load_rebuilds_the_saved_network(image_dir, image_model):
     m = image_model
     assert m.shape == (1, 8, 8) and m.num_classes == 3 and m.name == "tiny"
-    assert m.objective.prediction == "edm" and m.has_null_class
+    assert m.parameterization.prediction == "edm" and m.has_null_class and m.null_class
+    assert m.process == m.parameterization.process and m.config["version"] == 2
     assert not m.network.training and not any(p.requires_grad for p in m.network.parameters())
     saved = load_weights(image_dir / "model.safetensors")
     assert all(torch.equal(saved[k], v) for k, v in m.network.state_dict().items())
@@ -219,16 +232,23 @@ def _edit_config(folder, **changes):
     ("change", "message"),
     [
         ({"format": "other"}, "is not a difflab model config"),
-        ({"version": 2}, "written by a newer difflab"),
+        ({"version": 3}, "written by a newer difflab"),
         ({"network__num_classes": 4}, "the network has 4 classes but the data has 3"),
         ({"data__shape": [1, 16, 16]}, r"takes samples of shape \[1, 8, 8\]"),
         ({"network__channels": 16}, "shape mismatches"),
         ({"network__type": "unett"}, "unknown network type 'unett'"),
-        ({"objective": {"prediction": "edm"}}, "objective config has no 'process'"),
+        ({"parameterization": {"prediction": "edm"}}, "config needs a 'process'"),
+        ({"parameterization__prediction": "epsilon"}, "unknown prediction type 'epsilon'"),
+        ({"null_class": "yes"}, "null_class must be true or false"),
+        ({"type": "text"}, "holds a text model, not a diffusion model"),
+        ({"v1": True, "objective": {"prediction": "edm"}}, "objective config has no 'process'"),
+        ({"v1": True, "data__num_classes": 4}, "the network has 3 classes but the data has 4"),
     ],
 )
 def test_config_errors_are_named(tmp_path, change, message):
     folder = save_tiny(tmp_path / "m")
+    if change.pop("v1", False):
+        as_version_1(folder)
     _edit_config(folder, **change)
     with pytest.raises(ValueError, match=message):
         pretrained.load(folder)

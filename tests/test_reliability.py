@@ -147,15 +147,16 @@ def model_folder(tmp_path_factory):
     """A tiny saved MLP model folder (the format `difflab train` exports)."""
     from difflab.data import load as load_dataset
     from difflab.models import build
-    from difflab.pretrained import save_model
+    from difflab.training.denoising import diffusion_model_config
     from difflab.training.objectives import Objective
+    from difflab.utils.folder import save_folder
 
     net = build({"type": "mlp", "dim": 2, "width": 8, "depth": 1})
     objective = Objective("flow", prediction="velocity")
     data = load_dataset("moons", n=16)
     sample = {"sampler": "euler", "schedule": "flow", "steps": 4, "n": 4, "guidance": 1.0}
-    return save_model(tmp_path_factory.mktemp("m") / "model", net, objective=objective, data=data,
-                      sample=sample)  # fmt: skip
+    config = diffusion_model_config(net, objective, data, sample, {})
+    return save_folder(tmp_path_factory.mktemp("m") / "model", config, net.state_dict())
 
 
 def _mutations(config: dict) -> st.SearchStrategy:

@@ -9,7 +9,7 @@ from test_pretrained import save_tiny
 
 from difflab import pretrained, sampling
 from difflab.cli import main
-from difflab.pretrained import schedules as saved
+from difflab.pretrained import grids as saved
 from difflab.schedules import OptimizedGrid
 
 

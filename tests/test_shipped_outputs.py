@@ -25,8 +25,8 @@ def outputs() -> dict[str, torch.Tensor]:
     """What each shipped model computes from fixed seeds (one thread, float32)."""
     import difflab
     from difflab import text
-    from difflab.guidance import noisy_classifier
     from difflab.metrics import classifier
+    from difflab.pretrained import load_classifier
 
     out = {}
     for name in IMAGE_MODELS:
@@ -45,7 +45,9 @@ def outputs() -> dict[str, torch.Tensor]:
     images = _image_input()
     features, logits = classifier.load().eval()(images)
     out["mnist_classifier/features"], out["mnist_classifier/logits"] = features, logits
-    out["mnist_noisy_classifier/logits"] = noisy_classifier.load()(images, torch.tensor(0.7))
+    out["mnist_noisy_classifier/logits"] = load_classifier("mnist_noisy_classifier")(
+        images, torch.tensor(0.7)
+    )
     return {k: v.detach().contiguous() for k, v in out.items()}
 
 

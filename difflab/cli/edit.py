@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from difflab.cli.common import CliError, check_output, positive, user_errors
+from difflab.cli.common import CliError, check_output, lookup, positive, user_errors
 
 __all__ = ["add", "read_image"]
 
@@ -95,7 +95,7 @@ def read_image(path: str, shape: tuple[int, ...], model: str) -> Any:
 
 
 def _check_args(args: argparse.Namespace, methods: list[str]) -> None:
-    from difflab.core.tensors import unknown_name
+    from difflab.utils.names import unknown_name
 
     if args.method not in methods:
         raise CliError(str(unknown_name("--method", args.method, methods)))
@@ -142,8 +142,8 @@ def run(args: argparse.Namespace) -> None:
     _check_args(args, [*inversion.available(), SDEDIT])
     out = check_output(args.out, (".png",))
     with user_errors():
-        grid = schedules.get(args.schedule)
-        model = pretrained.load(args.model)
+        lookup(schedules.get, args.schedule)
+        model = pretrained.Model.load(args.model)
     if len(model.shape) != 3:
         raise CliError(f"{model.name} makes vectors of shape {list(model.shape)}, not images")
     _check_labels(args, model)
@@ -151,20 +151,15 @@ def run(args: argparse.Namespace) -> None:
     guessed = args.from_label is None
     if guessed:
         args.from_label = _classify(x, model)
-    guidance = args.guidance
-    if guidance is None:
-        guidance = float(model.defaults["guidance"]) if model.has_null_class else 1.0
-    uses_null = guidance != 1 or args.from_label == -1
-    if uses_null and not model.has_null_class:
-        raise CliError(
-            f"{model.name} has no trained null class: use --guidance 1 and a --from-label"
-        )
+    with user_errors():  # the model checks its null class for the guidance and label -1
+        guidance = model.guidance_rule(args.guidance).scale
+        model.class_labels(args.from_label, 1)
     source = {"labels": torch.tensor([args.from_label])}
     target = {"labels": torch.tensor([args.to_label])}
-    lo, hi = model.objective.process.sigma_min, model.objective.process.sigma_max
+    lo, hi = model.process.sigma_min, model.process.sigma_max
     with user_errors(), torch.no_grad():
         if args.method == SDEDIT:
-            sigmas = grid(args.steps, lo, hi)
+            sigmas = model.grid(args.schedule, args.steps, lo, hi)
             tail = sigmas[-1 - max(1, round(args.strength * args.steps)) :]
             seed = torch.Generator().manual_seed(args.seed)
             common = {"guidance": guidance, "generator": seed}
@@ -172,7 +167,7 @@ def run(args: argparse.Namespace) -> None:
             seed.manual_seed(args.seed)
             edited = inversion.sdedit(model.denoiser, x, tail, cond=target, **common)
         else:
-            sigmas = grid(args.steps + 1, lo, hi)  # steps intervals down to sigma_min, then 0
+            sigmas = model.grid(args.schedule, args.steps + 1, lo, hi)  # down to sigma_min, then 0
             den, options = model.denoiser, {}
             if args.method == "null_text":
                 den = embedding_denoiser(model.denoiser, model.network)

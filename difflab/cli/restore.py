@@ -100,31 +100,25 @@ def _images(args: argparse.Namespace, shape: tuple[int, ...], name: str) -> Any:
 
 
 def _labels(model: Any, label: int | None, n: int) -> Any:
-    import torch
-
+    """--label for every image, or the null label -1 when none is given (the model checks that its
+    null class was trained)."""
     if model.num_classes == 0:
         if label is not None:
             raise CliError(f"{model.name} is unconditional: it takes no --label")
         return None
-    if label is None:
-        if not model.has_null_class:
-            raise CliError(
-                f"{model.name} is class-conditional without a trained null class: give --label"
-            )
-        label = -1
-    elif not 0 <= label < model.num_classes:
+    if label is not None and not 0 <= label < model.num_classes:
         raise CliError(
             f"--label {label} is outside {model.name}'s classes 0-{model.num_classes - 1}"
         )
-    return torch.full((n,), label, dtype=torch.long)
+    with user_errors():
+        return model.class_labels(-1 if label is None else label, n)
 
 
 def run(args: argparse.Namespace) -> None:
     from difflab import pretrained
-    from difflab.core.tensors import unknown_name
-    from difflab.inverse.restore import METHODS, TASKS, measure, psnr, restore, shown
-    from difflab.inverse.restore import task_operator as operator_for
-    from difflab.pretrained.generate import step_grid
+    from difflab.restoration.restore import METHODS, TASKS, measure, psnr, restore, shown
+    from difflab.restoration.restore import task_operator as operator_for
+    from difflab.utils.names import unknown_name
 
     if args.task not in TASKS:
         raise CliError(str(unknown_name("task", args.task, TASKS)))
@@ -140,7 +134,7 @@ def run(args: argparse.Namespace) -> None:
         raise CliError(f"--zeta must be >= 0, got {args.zeta}")
     out = check_output(args.out, (".png",))
     with user_errors():
-        model = pretrained.load(args.model)
+        model = pretrained.Model.load(args.model)
     shape = model.shape
     if len(shape) != 3:
         raise CliError(f"{model.name} makes vectors of shape {list(shape)}, not images")
@@ -151,14 +145,8 @@ def run(args: argparse.Namespace) -> None:
             args.task, shape, mask_kind=args.mask, factor=args.factor, blur_std=args.blur_std,
             seed=args.seed,
         )  # fmt: skip
-        d = model.defaults
-        sigmas = step_grid(
-            d["schedule"] if isinstance(d["schedule"], str) else "karras",
-            args.steps,
-            model.objective.process,
-            d.get("sigma_min"),
-            d.get("sigma_max"),
-        )
+        schedule = model.defaults["schedule"]  # a distilled model's own sigmas: karras instead
+        sigmas = model.grid(schedule if isinstance(schedule, str) else "karras", args.steps)
     options: dict[str, Any] = {"zeta": args.zeta} if args.method == "dps" else {}
     if args.method == "smc":
         options["particles"] = args.particles

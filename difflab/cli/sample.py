@@ -15,7 +15,6 @@ from difflab.cli.exact import EXACT_MODELS, grid_function, sample_exact
 __all__ = ["add", "load_model", "parse_labels"]
 
 LABEL_FORMS = "e.g. 0-9, 3, 1,4,7 or all"
-GUIDANCE_METHODS = ("cfg", "apg", "cfg_zero_star")
 
 
 def add(commands: Any) -> None:
@@ -71,9 +70,9 @@ def add(commands: Any) -> None:
     s.add_argument(
         "--guidance-method",
         default="cfg",
-        help=f"how the two predictions combine: {', '.join(GUIDANCE_METHODS)} (default cfg; "
-        "apg: adaptive projected guidance, eta 0; cfg_zero_star: optimised scale and the first "
-        "step zeroed); see docs/guidance.md",
+        help="how the two predictions combine: a guidance rule of difflab.guidance.available() "
+        "(default cfg; apg: adaptive projected guidance, eta 0; cfg_zero_star: optimised scale and "
+        "the first step zeroed); see docs/guidance.md",
     )
     s.add_argument(
         "--guidance-rescale",
@@ -153,16 +152,18 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _check_guidance_options(args: argparse.Namespace) -> None:
-    """One-line errors for --guidance-interval, --guidance-method and --guidance-rescale."""
-    from difflab.core.tensors import unknown_name
+    """One-line errors for --guidance-interval, --guidance-method (a name of the guidance rule
+    registry) and --guidance-rescale."""
+    from difflab import guidance
+    from difflab.utils.names import unknown_name
 
     if args.guidance_interval is not None:
         lo, hi = args.guidance_interval
         if not 0 <= lo < hi:
             raise CliError(f"--guidance-interval needs 0 <= LO < HI, got {lo:g} {hi:g}")
-    if args.guidance_method not in GUIDANCE_METHODS:
+    if args.guidance_method not in guidance.available():
         raise CliError(
-            str(unknown_name("--guidance-method", args.guidance_method, GUIDANCE_METHODS))
+            str(unknown_name("--guidance-method", args.guidance_method, guidance.available()))
         )
     if args.guidance_rescale is not None:
         if not 0 <= args.guidance_rescale <= 1:
@@ -171,21 +172,6 @@ def _check_guidance_options(args: argparse.Namespace) -> None:
             raise CliError(
                 f"--guidance-rescale applies to --guidance-method cfg, not {args.guidance_method}"
             )
-
-
-def _guidance(args: argparse.Namespace, model: Any) -> Any:
-    """The --guidance scale, or the rule that --guidance-method and --guidance-rescale name."""
-    from difflab.guidance import APG, CFG, CFGZeroStar
-
-    if args.guidance_method == "cfg" and not args.guidance_rescale:
-        return args.guidance
-    scale = args.guidance if args.guidance is not None else float(model.defaults["guidance"])
-    if args.guidance_method == "apg":
-        return APG(scale)
-    if args.guidance_method == "cfg_zero_star":
-        first = model.defaults.get("sigma_max") or model.objective.process.sigma_max
-        return CFGZeroStar(scale, zero_init=first)  # zero the step at the grid's sigma_max
-    return CFG(scale, rescale=args.guidance_rescale)
 
 
 def _device(text: str) -> Any:
@@ -203,13 +189,13 @@ def _device(text: str) -> Any:
 def load_model(name: str, device: str) -> Any:
     """The saved model called ``name`` (or in that folder) on ``device``; a CliError otherwise."""
     from difflab import pretrained
-    from difflab.core.tensors import unknown_name
+    from difflab.utils.names import unknown_name
 
     known = pretrained.named()
     if name not in known and not _is_path(name):
         raise CliError(str(unknown_name("model", name, [*EXACT_MODELS, *known])))
     with user_errors():
-        return pretrained.load(name, _device(device))
+        return pretrained.Model.load(name, _device(device))
 
 
 def _is_path(name: str) -> bool:
@@ -255,7 +241,9 @@ def _sample_saved(args: argparse.Namespace) -> None:
             sampler=sampler,
             steps=args.steps,
             schedule=schedule,
-            guidance=_guidance(args, model),
+            guidance=args.guidance,
+            guidance_method=args.guidance_method,
+            guidance_rescale=args.guidance_rescale,
             guidance_interval=args.guidance_interval,
             seed=args.seed,
             batch_size=args.batch_size,
@@ -295,7 +283,6 @@ def _w2sd(args: argparse.Namespace, model: Any) -> Any:
     """The W2SD sampler of --w2sd WEAK around --sampler (or the sampler the model or its grid
     names), the model being the strong one; its weak version must share data and labels."""
     from difflab.guidance import W2SD
-    from difflab.pretrained.schedules import PREFIX, parse_grid_name
 
     weak = load_model(args.w2sd, args.device)
     if tuple(weak.shape) != tuple(model.shape) or weak.num_classes != model.num_classes:
@@ -304,12 +291,8 @@ def _w2sd(args: argparse.Namespace, model: Any) -> Any:
             f"{weak.num_classes} classes, {model.name} {list(model.shape)} with "
             f"{model.num_classes}: the weak model must share the model's data and labels"
         )
-    inner = args.sampler
-    if inner is None and (args.schedule or "").startswith(PREFIX):
-        inner = parse_grid_name(args.schedule)[0]
-    inner = inner or model.defaults["sampler"]
-    options = model.defaults.get("sampler_options") if inner == model.defaults["sampler"] else None
     with user_errors():
+        inner, options = model.sampler(args.sampler, args.schedule)
         return W2SD(weak.denoiser, inner, steps=args.w2sd_steps, options=options or {})
 
 

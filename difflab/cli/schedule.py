@@ -146,7 +146,7 @@ def _optimize_exact(args: argparse.Namespace, options: dict[str, Any]) -> None:
 
 def _optimize_saved(args: argparse.Namespace, options: dict[str, Any]) -> None:
     from difflab.cli.sample import load_model
-    from difflab.pretrained import schedules as saved
+    from difflab.pretrained import grids as saved
     from difflab.sampling import info
     from difflab.utils.files import atomic_write_bytes
 

@@ -1,4 +1,5 @@
-"""The in-memory data set every loader returns, 8-bit pixel conversion, and where shared data lives.
+"""The in-memory data set every loader returns, 8-bit pixel conversion (:mod:`difflab.utils.pixels`),
+and where shared data lives.
 
 A data set holds all of its samples as one tensor; a training loop draws index batches itself::
 
@@ -11,9 +12,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
+
+from difflab.utils.pixels import from_uint8, to_uint8
 
 __all__ = ["DATA_ENV", "Dataset", "check_split", "from_uint8", "shared_folder", "to_uint8"]
 
@@ -86,20 +88,6 @@ class Dataset:
     def __repr__(self) -> str:
         classes = f", {self.num_classes} classes" if self.labels is not None else ""
         return f"Dataset({self.name!r}, {len(self)} x {self.shape}{classes})"
-
-
-def to_uint8(x: Tensor) -> Tensor:
-    """u = round(127.5 (x + 1)) clipped to [0, 255]: [-1, 1] images to 8-bit pixels (Ho et al., 2020)."""
-    return ((x.detach().to(torch.float32) + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
-
-
-def from_uint8(u: Tensor | np.ndarray) -> Tensor:
-    """x = u / 127.5 - 1: 8-bit pixels to float32 images in [-1, 1] (Ho et al., 2020)."""
-    if isinstance(u, np.ndarray):
-        u = torch.from_numpy(u if u.flags.writeable else u.copy())
-    if u.dtype != torch.uint8:
-        raise ValueError(f"from_uint8 expects 8-bit pixels (uint8), got {u.dtype}")
-    return u.to(torch.float32).div_(127.5).sub_(1)
 
 
 def check_split(name: str, split: str, valid: Sequence[str]) -> None:

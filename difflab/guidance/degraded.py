@@ -1,19 +1,20 @@
 """Guidance by a degraded version of the model itself: the negative branch is the same condition
 evaluated by a weaker network (autoguidance) or by the network with its attention maps replaced by the
-identity (perturbed-attention guidance). Any rule of :mod:`difflab.guidance.rules` combines them."""
+identity (perturbed-attention guidance, :func:`difflab.models.perturbed_attention`, which switches
+difflab's networks inside :func:`perturbed`). Any rule of :mod:`difflab.guidance.rules` combines them.
+Both take any denoiser callable."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from difflab.guidance.guided import Branches, Denoiser, guide
 from difflab.guidance.rules import Rule
 
-__all__ = ["autoguidance", "perturbed", "perturbed_attention"]
+__all__ = ["autoguidance", "perturbed"]
 
 
 def autoguidance(
@@ -49,32 +50,3 @@ def perturbed(
             return d, denoiser(x, sigma, **cond)
 
     return guide(Branches(denoiser, both), scale, sigma_interval)
-
-
-def perturbed_attention(
-    denoiser: Denoiser,
-    scale: float | Rule,
-    layers: Iterable[str] | None = None,
-    network: nn.Module | None = None,
-    sigma_interval: tuple[float, float] | None = None,
-) -> Denoiser:
-    """Perturbed-attention guidance (Ahn et al. 2024): D_w = D_hat + w (D - D_hat), D_hat with the
-    identity attention map (each token attends to itself) in ``layers`` of ``network`` (default: every
-    attention layer of the denoiser, which must then be an nn.Module, as difflab's UNet and DiT
-    denoisers are). The paper's scale s is w - 1. Layer names are those of
-    :func:`difflab.models.attention_layers` (network)."""
-    from difflab.models.attention import attention_layers, identity_attention  # layer 3, lazily
-
-    network = network if network is not None else denoiser
-    if not isinstance(network, nn.Module):
-        raise ValueError(
-            "perturbed-attention guidance needs the network whose attention it switches: pass "
-            "network= (an nn.Module) when the denoiser is a plain function"
-        )
-    available = attention_layers(network)
-    if not available:
-        raise ValueError(f"{type(network).__name__} has no attention layers to perturb")
-    chosen = list(available) if layers is None else list(layers)
-    with identity_attention(network, chosen):  # checks every name now, not at sampling time
-        pass
-    return perturbed(denoiser, lambda: identity_attention(network, chosen), scale, sigma_interval)

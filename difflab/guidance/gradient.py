@@ -57,7 +57,7 @@ def classifier_guidance(
     """D(x, sigma) + s sigma^2 grad_x log softmax(classifier(x, sigma))[labels] (module docstring).
 
     ``classifier(x, sigma) -> logits [B, C]`` is noise-conditional (e.g.
-    :func:`difflab.guidance.load_noisy_classifier`). The denoiser is called without ``labels``
+    ``difflab.pretrained.load_classifier("mnist_noisy_classifier")``). The denoiser is called without ``labels``
     (for difflab's conditional models: the null class) unless ``conditional``."""
     _check(scale)
 

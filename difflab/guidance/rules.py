@@ -27,7 +27,18 @@ from torch import Tensor
 
 from difflab.core.tensors import unknown_name
 
-__all__ = ["APG", "CFG", "SPACES", "CFGZeroStar", "Rule", "as_rule", "from_space", "to_space"]
+__all__ = [
+    "APG",
+    "CFG",
+    "SPACES",
+    "CFGZeroStar",
+    "Rule",
+    "as_rule",
+    "available",
+    "from_space",
+    "get",
+    "to_space",
+]
 
 SPACES = ("x0", "velocity")
 
@@ -190,6 +201,23 @@ class CFGZeroStar:
         if self.zero_init is not None:
             g = torch.where(sigma >= self.zero_init, 0.0, g)
         return from_space(self.space, g, x, sigma)
+
+
+# the rule registry: name -> rule class, called as ``get(name)(scale, **options)``
+_RULES: dict[str, type] = {"cfg": CFG, "apg": APG, "cfg_zero_star": CFGZeroStar}
+
+
+def available() -> list[str]:
+    """Names of the guidance rules (``difflab sample --guidance-method``): cfg, apg, cfg_zero_star."""
+    return sorted(_RULES)
+
+
+def get(name: str) -> type:
+    """The rule class called ``name``: ``get("apg")(2.0)`` is ``APG(2.0)``; an unknown name is a
+    ValueError listing the valid ones, nearest first."""
+    if not isinstance(name, str) or name not in _RULES:
+        raise unknown_name("guidance rule", name, _RULES)
+    return _RULES[name]
 
 
 def as_rule(rule: float | Rule) -> Rule:

@@ -2,9 +2,10 @@
 Fréchet distance, precision/recall and MMD of MNIST samples, and whose logits score the class accuracy
 of conditional samples (the MNIST stand-in for the Inception network of FID, Heusel et al. 2017).
 
-The shipped weights live in ``difflab/pretrained/mnist_classifier`` (model.safetensors + config.json);
-``python -m difflab.metrics.train_mnist`` retrains them with :func:`train_classifier` and records the
-test-split accuracy in the config.
+The network is :class:`difflab.models.classifiers.MnistClassifier`; its shipped weights live in
+``difflab/pretrained/mnist_classifier`` (a classifier model folder, also loaded by
+``difflab.pretrained.load_classifier("mnist_classifier")``); ``python -m difflab.metrics.train_mnist``
+retrains them with :func:`train_classifier` and records the test-split accuracy in the config.
 """
 
 from __future__ import annotations
@@ -18,13 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from difflab import data
-from difflab.utils.weights import (
-    load_state_dict_strict,
-    load_weights,
-    read_config,
-    save_weights,
-    write_config,
-)
+from difflab.models.classifiers import MnistClassifier, load_classifier, save_classifier
 
 __all__ = [
     "WEIGHTS_DIR",
@@ -40,60 +35,17 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "pretrained" / "mnist_cla
 TRAIN_COMMAND = "python -m difflab.metrics.train_mnist"
 
 
-class MnistClassifier(nn.Module):
-    """Conv blocks (3x3 conv, batch norm, ReLU, 2x2 max-pool) then a ``features``-wide ReLU layer
-    (the feature space) and a linear classifier; input [B, 1, 28, 28] in [-1, 1]."""
-
-    def __init__(
-        self, channels: tuple[int, ...] = (16, 32, 64), features: int = 128, classes: int = 10
-    ) -> None:
-        super().__init__()
-        self.config = {"channels": list(channels), "features": features, "classes": classes}
-        blocks: list[nn.Module] = []
-        width, size = 1, 28
-        for c in channels:
-            blocks += [
-                nn.Conv2d(width, c, 3, padding=1, bias=False),
-                nn.BatchNorm2d(c),
-                nn.ReLU(),
-                nn.MaxPool2d(2),
-            ]
-            width, size = c, size // 2
-        self.conv = nn.Sequential(*blocks)
-        self.embed = nn.Sequential(
-            nn.Flatten(), nn.Linear(width * size * size, features), nn.ReLU()
-        )
-        self.head = nn.Sequential(nn.Dropout(0.25), nn.Linear(features, classes))
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(features [B, features], logits [B, classes])."""
-        f = self.embed(self.conv(x))
-        return f, self.head(f)
-
-
-def save(model: MnistClassifier, folder: str | Path, info: dict) -> None:
-    """Write model.safetensors and config.json (architecture plus ``info``) atomically."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_weights(folder / "model.safetensors", model.state_dict())
-    write_config(
-        folder / "config.json", {"architecture": "MnistClassifier", **model.config, **info}
-    )
+def save(model: MnistClassifier, folder: str | Path, info: dict) -> Path:
+    """Write the classifier folder (model.safetensors, config.json with its architecture and
+    ``info``) through :func:`difflab.models.classifiers.save_classifier`."""
+    return save_classifier(folder, model, info)
 
 
 def load(folder: str | Path | None = None) -> MnistClassifier:
     """The classifier in eval mode from ``folder`` (default: the shipped weights), read with
     safetensors (no pickle)."""
     folder = WEIGHTS_DIR if folder is None else Path(folder)
-    config = read_config(folder / "config.json")
-    if config.get("architecture") != "MnistClassifier":
-        raise ValueError(
-            f"{folder / 'config.json'} names architecture {config.get('architecture')!r}, "
-            "expected 'MnistClassifier'"
-        )
-    model = MnistClassifier(tuple(config["channels"]), config["features"], config["classes"])
-    weights = load_weights(folder / "model.safetensors")
-    return load_state_dict_strict(model, weights, str(folder / "model.safetensors")).eval()
+    return load_classifier(folder, architecture="MnistClassifier")
 
 
 @functools.cache

@@ -4,13 +4,23 @@
     net = difflab.models.build({"type": "unet", "in_channels": 1, "image_size": 28, ...})
     net.config  # JSON-serializable dict, defaults filled in: build(net.config) rebuilds it
 
-Class label -1 (or ``labels=None``) is the null class of classifier-free guidance.
+Class label -1 (or ``labels=None``) is the null class of classifier-free guidance. Also here: the
+classifier networks (:mod:`~difflab.models.classifiers`), perturbed-attention guidance on these
+networks (:func:`perturbed_attention`) and the config of a saved diffusion model
+(:func:`~difflab.models.saved.diffusion_config`).
 """
 
-from difflab.models.attention import Attention, attention_layers, identity_attention
+from difflab.models.attention import (
+    Attention,
+    attention_layers,
+    identity_attention,
+    perturbed_attention,
+)
+from difflab.models.classifiers import MnistClassifier, NoisyClassifier
 from difflab.models.dit import DiT
 from difflab.models.mlp import MLP
 from difflab.models.registry import Network, available, build, register
+from difflab.models.saved import diffusion_config
 from difflab.models.summary import flops, parameter_count, summary
 from difflab.models.unet import UNet
 
@@ -18,14 +28,18 @@ __all__ = [
     "MLP",
     "Attention",
     "DiT",
+    "MnistClassifier",
     "Network",
+    "NoisyClassifier",
     "UNet",
     "attention_layers",
     "available",
     "build",
+    "diffusion_config",
     "flops",
     "identity_attention",
     "parameter_count",
+    "perturbed_attention",
     "register",
     "summary",
 ]

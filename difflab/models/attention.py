@@ -3,12 +3,13 @@
 Perturbed-attention guidance (Ahn et al. 2024) replaces the attention map of chosen layers by the
 identity, so each token attends only to itself and the layer outputs its projected value. Every
 network in difflab.models builds its attention from :class:`Attention`; :func:`identity_attention`
-switches any of them.
+switches any of them, and :func:`perturbed_attention` is the guided denoiser (the guidance itself,
+:func:`difflab.guidance.perturbed`, takes any denoiser and any perturbation).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -16,8 +17,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from difflab.core.tensors import check_name
+from difflab.guidance.degraded import perturbed
+from difflab.guidance.rules import Rule
 
-__all__ = ["Attention", "attention_layers", "identity_attention", "rotate"]
+__all__ = ["Attention", "attention_layers", "identity_attention", "perturbed_attention", "rotate"]
 
 
 def rotate(x: Tensor, base: float = 10000.0) -> Tensor:
@@ -84,3 +87,31 @@ def identity_attention(net: nn.Module, names: Iterable[str] | None = None) -> It
     finally:
         for name, flag in before.items():
             layers[name].identity = flag
+
+
+def perturbed_attention(
+    denoiser: Callable[..., Tensor],
+    scale: float | Rule,
+    layers: Iterable[str] | None = None,
+    network: nn.Module | None = None,
+    sigma_interval: tuple[float, float] | None = None,
+) -> Callable[..., Tensor]:
+    """Perturbed-attention guidance (Ahn et al. 2024): D_w = D_hat + w (D - D_hat), D_hat with the
+    identity attention map (each token attends to itself) in ``layers`` of ``network`` (default: every
+    attention layer of the denoiser, which must then be an nn.Module, as difflab's UNet and DiT
+    denoisers are). The paper's scale s is w - 1. Layer names are those of
+    :func:`attention_layers` (network). :func:`difflab.guidance.perturbed` with
+    :func:`identity_attention` as the perturbation."""
+    network = network if network is not None else denoiser
+    if not isinstance(network, nn.Module):
+        raise ValueError(
+            "perturbed-attention guidance needs the network whose attention it switches: pass "
+            "network= (an nn.Module) when the denoiser is a plain function"
+        )
+    available = attention_layers(network)
+    if not available:
+        raise ValueError(f"{type(network).__name__} has no attention layers to perturb")
+    chosen = list(available) if layers is None else list(layers)
+    with identity_attention(network, chosen):  # checks every name now, not at sampling time
+        pass
+    return perturbed(denoiser, lambda: identity_attention(network, chosen), scale, sigma_interval)

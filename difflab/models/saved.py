@@ -3,7 +3,8 @@
 :meth:`difflab.pretrained.Model.save`) and checked here for every reader.
 
     config = diffusion_config(
-        net, objective.parameterization, null_class=data.num_classes > 0 and objective.label_dropout > 0,
+        net, objective.parameterization,
+        null_class=data.num_classes > 0 and objective.label_dropout > 0,
         data=data, sample={"sampler": "heun", "steps": 10, ...}, objective=objective.config,
         training={"steps": 5000, "config": {...}, "command": "difflab train ..."},
     )
@@ -17,7 +18,7 @@ The config (JSON):
      "null_class": bool,                            # label -1 (classifier-free guidance) was trained
      "objective": {...},                            # the training objective's config: a record
      "data": {"name", "shape", "num_classes", "classes"},
-     "sample": {...},                               # sampling defaults (sampler, schedule, steps, guidance, n, ...)
+     "sample": {...},                               # sampling defaults: sampler, steps, guidance...
      "training": {...},                             # a record: steps, config, command
      ...}                                           # extras, e.g. "distillation"
 
@@ -100,9 +101,8 @@ def diffusion_config(
     top-level sections (e.g. ``{"distillation": {...}}``), which may not replace the ones above.
     """
     if not isinstance(parameterization, Parameterization):
-        raise TypeError(
-            f"parameterization must be a difflab Parameterization, got {type(parameterization).__name__}"
-        )
+        kind = type(parameterization).__name__
+        raise TypeError(f"parameterization must be a difflab Parameterization, got {kind}")
     net_config = getattr(network, "config", network)
     if not isinstance(net_config, Mapping):
         raise TypeError(f"network must be a difflab network or its config dict, got {network!r}")
@@ -143,7 +143,8 @@ def upgrade_diffusion_config(config: Mapping[str, Any], where: Any = "the model 
     """A version-1 diffusion config brought to version 2 (a version-2 one is returned as it is):
     its parameterization from the objective section, its null class from the label dropout."""
     config = dict(config)
-    if config.get("version", 1) >= 2:
+    # a config without a version is version 1, unless it was just built (it has a parameterization)
+    if config.get("version", VERSION if "parameterization" in config else 1) >= 2:
         return config
     objective = _section(config, "objective", where)
     if "process" not in objective:

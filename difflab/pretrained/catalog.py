@@ -1,35 +1,35 @@
 """Where models are found: shipped ones by name, local model folders by path, and folders under
-``$DIFFLAB_MODELS`` (a list of folders, separated like PATH) by their name."""
+``$DIFFLAB_MODELS`` (a list of folders, separated like PATH) by their name. Every folder is the one
+model-folder format (:mod:`difflab.utils.folder`); the diffusion models are listed and loaded here,
+the shipped classifiers by :func:`load_classifier` (text models: :func:`difflab.text.load`)."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from difflab import models
-from difflab.core.tensors import unknown_name
-from difflab.pretrained.model import (
-    CONFIG,
-    FORMAT,
-    SHIPPED,
-    WEIGHTS,
-    Model,
-    model_name,
-    read_model_config,
-)
+from difflab.models.classifiers import load_classifier as _load_classifier
+from difflab.pretrained.model import SHIPPED, Model, model_name, read_model_config
+from difflab.utils import folder as model_folder
+from difflab.utils.folder import CONFIG, WEIGHTS
+from difflab.utils.names import unknown_name
+from difflab.utils.weights import read_config
 
 __all__ = [
     "MODELS_ENV",
     "available",
+    "classifiers",
     "describe",
     "find_local",
     "is_model_folder",
     "load",
+    "load_classifier",
     "model_folders",
     "model_name",
     "named",
@@ -40,27 +40,51 @@ MODELS_ENV = "DIFFLAB_MODELS"
 LOCAL_PATTERNS = ("runs/*/model", "models/*")  # searched in the current folder by default
 
 
-def is_model_folder(path: Path) -> bool:
-    """Whether ``path`` looks like a model folder: a config.json beside model.safetensors, or a
-    config.json in the model format (a run folder's training config.json is neither)."""
+def is_model_folder(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a diffusion model folder (:func:`difflab.utils.folder.is_model_folder`),
+    or holds config.json and model.safetensors whose config names no other difflab type (then
+    ``difflab models`` lists it with the reason it cannot be read). A run folder's training
+    config.json is neither; text models and classifiers are not diffusion models."""
     path = Path(path)
-    if not (path / CONFIG).is_file():
+    if model_folder.is_model_folder(path, "diffusion"):
+        return True
+    if not ((path / CONFIG).is_file() and (path / WEIGHTS).is_file()):
         return False
-    return (path / WEIGHTS).is_file() or _has_model_format(path)
-
-
-def _has_model_format(folder: Path) -> bool:
-    """Whether the folder's config.json says it is a difflab model (other networks, such as the
-    metrics' MNIST classifier, ship beside the models)."""
     try:
-        return json.loads((folder / CONFIG).read_text(encoding="utf-8")).get("format") == FORMAT
+        return model_folder.folder_type(read_config(path / CONFIG)) is None
     except (OSError, ValueError, AttributeError):
-        return False
+        return True
+
+
+def _shipped(kind: str) -> list[str]:
+    return sorted(p.name for p in SHIPPED.iterdir() if model_folder.is_model_folder(p, kind))
 
 
 def available() -> list[str]:
-    """Names of the models shipped with difflab."""
-    return sorted(p.name for p in SHIPPED.iterdir() if is_model_folder(p) and _has_model_format(p))
+    """Names of the diffusion models shipped with difflab."""
+    return _shipped("diffusion")
+
+
+def classifiers() -> list[str]:
+    """Names of the classifiers shipped with difflab (:func:`load_classifier`)."""
+    return _shipped("classifier")
+
+
+def load_classifier(
+    name_or_path: str | os.PathLike[str], device: str | torch.device = "cpu"
+) -> nn.Module:
+    """A shipped classifier by name (:func:`classifiers`: ``"mnist_classifier"``, the metrics'
+    feature network; ``"mnist_noisy_classifier"``, p(c | x, sigma) for classifier guidance) or a
+    classifier folder, in eval mode without gradients."""
+    key = str(name_or_path)
+    if isinstance(name_or_path, str) and key in classifiers():
+        return _load_classifier(SHIPPED / key, device)
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        if isinstance(name_or_path, str) and not _looks_like_path(key):
+            raise unknown_name("classifier", key, classifiers())
+        raise FileNotFoundError(f"classifier folder {path} does not exist")
+    return _load_classifier(path, device)
 
 
 def model_folders(root: Path) -> list[Path]:
@@ -117,8 +141,8 @@ def resolve(name_or_path: str | os.PathLike[str]) -> Path:
 
 def load(name_or_path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Model:
     """The model called ``name_or_path`` (see :func:`available`) or saved in that folder, on
-    ``device``: ``difflab.load("mnist").sample(16, labels=3)``."""
-    return Model.from_folder(resolve(name_or_path), device)
+    ``device``: ``difflab.load("mnist").sample(16, labels=3)``; :meth:`Model.load`."""
+    return Model.load(name_or_path, device)
 
 
 def find_local(roots: Iterable[str | os.PathLike[str]] | None = None) -> list[Path]:
@@ -154,8 +178,8 @@ def describe(folder: str | os.PathLike[str]) -> dict[str, Any]:
     config = read_model_config(folder)
     if not (folder / WEIGHTS).is_file():
         raise FileNotFoundError(f"{folder} is not a model folder: it has no {WEIGHTS}")
-    objective = config["objective"]
-    process = objective.get("process", {})
+    parameterization = config["parameterization"]
+    process = parameterization.get("process", {})
     return {
         "name": model_name(folder),
         "path": folder,
@@ -165,5 +189,5 @@ def describe(folder: str | os.PathLike[str]) -> dict[str, Any]:
         "parameters": _parameter_count(config["network"], folder / CONFIG),
         "steps": config.get("training", {}).get("steps"),
         "process": process.get("name", "?") if isinstance(process, dict) else str(process),
-        "prediction": objective.get("prediction", "?"),
+        "prediction": parameterization.get("prediction", "?"),
     }

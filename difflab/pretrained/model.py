@@ -1,9 +1,17 @@
-"""Save and load model directories, and sample from them: ``difflab.load("mnist").sample(...)``."""
+"""A saved diffusion model and everything its life after training needs: ``Model.load("mnist")``,
+its denoiser, step grids, guidance, sampling, and ``model.save(folder)``.
+
+The folder is the one model-folder format (:mod:`difflab.utils.folder`, type "diffusion"); its
+config is built and checked by :mod:`difflab.models.saved` (version 2; version-1 folders load too).
+Sampling needs nothing of training: the config's parameterization turns the network into the
+denoiser, and its null_class says whether classifier-free guidance is possible.
+"""
 
 from __future__ import annotations
 
 import math
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,28 +19,42 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from difflab import guidance as guidance_rules
 from difflab import models
-from difflab.data import Dataset, to_uint8
+from difflab.core.parameterization import Parameterization
+from difflab.core.processes import Process
 from difflab.guidance import Rule, classifier_free
-from difflab.pretrained.generate import Samples, class_labels, sample_batched, step_grid
-from difflab.pretrained.schedules import PREFIX, load_grid, parse_grid_name
-from difflab.training.objectives import Objective
-from difflab.utils.weights import (
-    check_fits,
-    check_no_pickles,
-    load_state_dict_strict,
-    load_weights,
-    read_config,
-    save_weights,
-    write_config,
+from difflab.models.saved import (
+    check_diffusion_config,
+    read_diffusion_config,
+    upgrade_diffusion_config,
 )
+from difflab.pretrained.generate import Samples, class_labels, sample_batched, step_grid
+from difflab.pretrained.grids import FOLDER as GRIDS_FOLDER
+from difflab.pretrained.grids import PREFIX, load_grid, parse_grid_name, saved_grids
+from difflab.utils.folder import (
+    CONFIG,
+    FORMAT,
+    VERSION,
+    WEIGHTS,
+    folder_name,
+    read_folder_weights,
+    save_folder,
+)
+from difflab.utils.pixels import to_uint8
+from difflab.utils.weights import check_fits, load_state_dict_strict
 
-__all__ = ["FORMAT", "SHIPPED", "VERSION", "Model", "model_name", "read_model_config", "save_model"]
+__all__ = [
+    "FORMAT",
+    "SAMPLE_DEFAULTS",
+    "SHIPPED",
+    "VERSION",
+    "Model",
+    "model_name",
+    "read_model_config",
+]
 
-FORMAT = "difflab model"
-VERSION = 1
 SHIPPED = Path(__file__).resolve().parent
-CONFIG, WEIGHTS = "config.json", "model.safetensors"
 # sampling settings used where a model's config has no "sample" section or leaves one out
 SAMPLE_DEFAULTS: dict[str, Any] = {
     "sampler": "dpmpp_2m",
@@ -40,131 +62,45 @@ SAMPLE_DEFAULTS: dict[str, Any] = {
     "steps": 10,
     "guidance": 1.0,
 }
+# extras a model folder may hold beside config.json and model.safetensors, copied by Model.save
+EXTRAS = (GRIDS_FOLDER,)
 
-
-def save_model(
-    folder: str | os.PathLike[str],
-    net: nn.Module,
-    *,
-    objective: Objective,
-    data: Dataset,
-    sample: dict[str, Any],
-    training: dict[str, Any] | None = None,
-    extra: dict[str, Any] | None = None,
-) -> Path:
-    """Write ``folder/model.safetensors`` and ``folder/config.json`` (each atomically)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    config = {
-        "format": FORMAT,
-        "version": VERSION,
-        "network": net.config,
-        "objective": objective.config,
-        "data": {
-            "name": data.name,
-            "shape": list(data.shape),
-            "num_classes": data.num_classes,
-            "classes": list(data.classes) if data.classes else None,
-        },
-        "sample": dict(sample),
-        "training": training or {},
-        **(extra or {}),
-    }
-    save_weights(folder / WEIGHTS, {k: v.detach().float() for k, v in net.state_dict().items()})
-    write_config(folder / CONFIG, config)
-    return folder
-
-
-def model_name(folder: str | os.PathLike[str]) -> str:
-    """A model folder's name: its own, or its parent's for a run's ``<run>/model`` folder."""
-    folder = Path(folder).resolve()
-    return folder.parent.name if folder.name == "model" else folder.name
-
-
-def _network_shape(network: dict[str, Any]) -> tuple[int, ...] | None:
-    """The sample shape a network config expects: [C, S, S] for image networks, [dim] for vectors."""
-    if "image_size" in network:
-        return (network.get("in_channels", 1), network["image_size"], network["image_size"])
-    if "dim" in network:
-        return (network["dim"],)
-    return None
-
-
-def _section(config: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
-    value = config.get(name)
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} has no {name!r} section (a table), so it cannot be loaded")
-    return value
-
-
-def read_model_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    """``folder/config.json``, checked: its format and version, its sections, and that the network's
-    input shape and classes match the data it was trained on. Refuses folders of pickle weights."""
-    folder = Path(folder)
-    check_no_pickles(folder)
-    path = folder / CONFIG
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{folder} is not a model folder: it has no {CONFIG} (a model folder holds {CONFIG} "
-            f"and {WEIGHTS}, as `difflab train` writes them)"
-        )
-    config = read_config(path)
-    if config.get("format") != FORMAT:
-        raise ValueError(
-            f"{path} is not a difflab model config: format {config.get('format')!r}, "
-            f"expected {FORMAT!r}"
-        )
-    version = config.get("version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ValueError(f"{path} has an invalid format version {version!r}")
-    if version > VERSION:
-        raise ValueError(
-            f"{path} is model format version {version}, written by a newer difflab; this one reads "
-            f"version {VERSION}: upgrade difflab"
-        )
-    network = _section(config, "network", path)
-    _section(config, "objective", path)
-    data = _section(config, "data", path)
-    shape, classes = data.get("shape"), data.get("num_classes")
-    if not (isinstance(shape, list) and shape and all(isinstance(n, int) and n > 0 for n in shape)):
-        raise ValueError(f"{path}: data.shape must be a list of positive integers, got {shape!r}")
-    if not isinstance(classes, int) or classes < 0:
-        raise ValueError(f"{path}: data.num_classes must be an integer >= 0, got {classes!r}")
-    if network.get("num_classes", 0) != classes:
-        raise ValueError(
-            f"{path} does not match itself: the network has {network.get('num_classes', 0)} "
-            f"classes but the data has {classes}"
-        )
-    expected = _network_shape(network)
-    if expected is not None and list(expected) != shape:
-        raise ValueError(
-            f"{path} does not match itself: the {network.get('type')} network takes samples of "
-            f"shape {list(expected)} but the data shape is {shape}"
-        )
-    if not isinstance(config.get("sample", {}), dict):
-        raise ValueError(f"{path}: the 'sample' section must be a table")
-    return config
+model_name = folder_name  # a model folder's name: its own, or its run's for <run>/model
+read_model_config = read_diffusion_config  # folder/config.json, checked, as version 2
 
 
 class Model:
-    """A trained diffusion model: its network, its training objective and the denoiser
+    """A trained diffusion model: its network, its parameterization and the denoiser
     D(x, sigma, labels) = E[x0 | x = x0 + sigma eps] built from them (DESIGN.md).
 
+    ``Model.load("mnist")`` (a shipped name, a name under $DIFFLAB_MODELS, or a folder);
     ``model.sample(n, labels, sampler=..., steps=..., guidance=...)`` draws samples in data scale
-    (images in [-1, 1]); defaults come from the config's "sample" section.
+    (images in [-1, 1]), defaults from the config's "sample" section; ``model.grid(...)`` and
+    ``model.guided(...)`` are the step grid and the guided denoiser sampling uses, for any sampler;
+    ``model.save(folder)`` writes it back (version 2).
     """
 
     def __init__(
         self, config: dict[str, Any], network: nn.Module, folder: Path | None = None
     ) -> None:
-        self.config = config
-        self.folder = folder
+        where = Path(folder) / CONFIG if folder is not None else "the model config"
+        self.config = check_diffusion_config(upgrade_diffusion_config(config, where), where)
+        self.folder = None if folder is None else Path(folder)
         self.network = network.eval().requires_grad_(False)
-        try:
-            self.objective = Objective.from_config(config["objective"])
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"the model's objective config is invalid: {e}") from None
-        self.denoiser = self.objective.denoiser(self.network).eval()
+        self.parameterization = Parameterization.from_config(self.config["parameterization"])
+        self.denoiser = self.parameterization.denoiser(self.network).eval()
+
+    # ---------------------------------------------------------------------------------- loading
+
+    @classmethod
+    def load(
+        cls, name_or_folder: str | os.PathLike[str], device: str | torch.device = "cpu"
+    ) -> Model:
+        """The model called ``name_or_folder`` (``difflab models``: shipped, then $DIFFLAB_MODELS)
+        or saved in that folder (or a training run's folder holding ``model/``), on ``device``."""
+        from difflab.pretrained.catalog import resolve  # the catalog lists models of this class
+
+        return cls.from_folder(resolve(name_or_folder), device)
 
     @classmethod
     def from_folder(
@@ -173,12 +109,9 @@ class Model:
         """Build the network from ``folder/config.json`` and load ``folder/model.safetensors`` into
         it strictly (every key, every shape)."""
         folder = Path(folder)
-        config = read_model_config(folder)
-        weights = folder / WEIGHTS
-        if not weights.is_file():
-            raise FileNotFoundError(f"{folder} is not a model folder: it has no {WEIGHTS}")
-        tensors = load_weights(weights)
-        source = f"{weights} (for the network in {CONFIG})"
+        config = read_diffusion_config(folder)
+        tensors = read_folder_weights(folder)
+        source = f"{folder / WEIGHTS} (for the network in {CONFIG})"
         try:
             with torch.device("meta"):  # no memory: a config asking for a huge network fails here
                 check_fits(models.build(config["network"]), tensors, source)
@@ -188,10 +121,32 @@ class Model:
         load_state_dict_strict(network, tensors, source)
         return cls(config, network.to(device), folder)
 
+    def save(self, folder: str | os.PathLike[str]) -> Path:
+        """Write the model as a version-2 folder (:func:`difflab.utils.folder.save_folder`) with
+        the extras its own folder holds (the saved grids); returns the folder. Loading it gives
+        the same samples."""
+        folder = Path(folder)
+        if self.folder is not None and folder.resolve() == self.folder.resolve():
+            raise ValueError(f"{folder} is the folder the model was loaded from; save elsewhere")
+        config = {k: v for k, v in self.config.items() if k not in ("format", "version")}
+        save_folder(folder, config, self.network.state_dict())
+        for extra in EXTRAS if self.folder is not None else ():
+            source = self.folder / extra
+            if source.is_dir():
+                shutil.copytree(source, folder / extra, dirs_exist_ok=True)
+        return folder
+
+    # ------------------------------------------------------------------------------- properties
+
     @property
     def name(self) -> str:
         """The model folder's name ("mnist"), or "model" for one built in memory."""
-        return model_name(self.folder) if self.folder is not None else "model"
+        return folder_name(self.folder) if self.folder is not None else "model"
+
+    @property
+    def process(self) -> Process:
+        """The noising process the network was trained on."""
+        return self.parameterization.process
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -209,10 +164,13 @@ class Model:
         return self.config["data"].get("classes")
 
     @property
-    def has_null_class(self) -> bool:
+    def null_class(self) -> bool:
         """Whether the null class (label -1, the unconditional model of classifier-free guidance) was
-        trained: a conditional model trained with label dropout > 0."""
-        return self.num_classes > 0 and self.objective.label_dropout > 0
+        trained: the config's ``null_class`` (version 1: a conditional model trained with label
+        dropout > 0)."""
+        return bool(self.config["null_class"])
+
+    has_null_class = null_class
 
     @property
     def device(self) -> torch.device:
@@ -229,26 +187,151 @@ class Model:
         """Sampling settings: the config's "sample" section over :data:`SAMPLE_DEFAULTS`."""
         return {**SAMPLE_DEFAULTS, **self.config.get("sample", {})}
 
+    @property
+    def saved_grids(self) -> list[str]:
+        """Names of the optimized grids kept in the model folder (``optimized:SAMPLER:NFE``)."""
+        return saved_grids(self.folder)
+
     def to(self, device: str | torch.device) -> Model:
         """Move the network to ``device`` (in place); returns the model."""
         self.network.to(device)
         return self
 
-    def _check_guidance(self, guidance: float, labels: Tensor | None) -> None:
-        if not (isinstance(guidance, int | float) and math.isfinite(guidance)) or guidance < 0:
-            raise ValueError(f"guidance must be a number >= 0 (1 = no guidance), got {guidance}")
-        uses_null = labels is not None and bool((labels < 0).any())
-        if self.num_classes == 0 and guidance != 1:
-            raise ValueError(
-                f"guidance {guidance} needs a class-conditional model; {self.name} is "
-                "unconditional (use guidance 1)"
-            )
-        if (guidance != 1 or uses_null) and not self.has_null_class:
-            what = f"guidance {guidance}" if guidance != 1 else "the null label -1"
-            raise ValueError(
-                f"{what} needs an unconditional (null-class) model, but {self.name} was trained "
-                "with label_dropout 0, so its null class is untrained (use guidance 1)"
-            )
+    # ------------------------------------------------------------------------ grids and labels
+
+    def grid(
+        self,
+        schedule: str | Tensor | Sequence[float] | None = None,
+        steps: int | None = None,
+        sigma_min: float | None = None,
+        sigma_max: float | None = None,
+    ) -> Tensor:
+        """sigma_0 > ... > sigma_steps = 0 (float64): the step grid called ``schedule`` (see
+        ``difflab schedules``) with ``steps`` intervals between ``sigma_min`` and ``sigma_max``,
+        explicit sigmas, or ``"optimized:SAMPLER:NFE"``, a grid kept in the model folder. Unset
+        values come from the model's sampling defaults, then from its process."""
+        d = self.defaults
+        schedule = d["schedule"] if schedule is None else schedule
+        if isinstance(schedule, str) and schedule.startswith(PREFIX):
+            schedule = load_grid(self.folder, schedule, self.name)
+        elif isinstance(schedule, str) and steps is None:
+            steps = d["steps"]
+        return step_grid(
+            schedule,
+            steps,
+            self.process,
+            d.get("sigma_min") if sigma_min is None else sigma_min,
+            d.get("sigma_max") if sigma_max is None else sigma_max,
+        )
+
+    def _no_null_class(self, what: str, fix: str) -> ValueError:
+        return ValueError(
+            f"{what} needs an unconditional (null-class) model, but {self.name} was trained "
+            f"with label_dropout 0, so its null class is untrained ({fix})"
+        )
+
+    def class_labels(self, labels: int | Sequence[int] | Tensor | None, n: int) -> Tensor | None:
+        """Labels [n]: None cycles through the classes (i mod C), one label applies to all, n labels
+        are taken as given; each checked against the classes, and -1 (the null class) only where
+        it was trained. None for an unconditional model."""
+        t = class_labels(labels, n, self.num_classes)
+        if t is not None and bool((t < 0).any()) and not self.null_class:
+            raise self._no_null_class("the null label -1", "give class labels")
+        return t
+
+    # -------------------------------------------------------------------------------- guidance
+
+    def guidance_rule(
+        self,
+        guidance: float | Rule | None = None,
+        method: str = "cfg",
+        rescale: float | None = None,
+        zero_init: float | None = None,
+    ) -> Rule:
+        """The classifier-free guidance rule, checked: scale ``guidance`` w >= 0 (default: the
+        model's sampling guidance when it has a null class, else 1 = none) combined by ``method``
+        (a name of :func:`difflab.guidance.available`: cfg, apg, cfg_zero_star), with guidance
+        ``rescale`` phi (cfg only) and CFG-Zero*'s ``zero_init`` (default: the start of the model's
+        grid). Guidance other than the identity needs a class-conditional model with a trained null
+        class. ``guidance`` may be a rule already (then ``method`` and ``rescale`` stay unset)."""
+        if hasattr(guidance, "identity"):  # a rule of difflab.guidance.rules
+            if method != "cfg" or rescale is not None:
+                raise ValueError("guidance is a rule already: give its method and rescale in it")
+            rule, scale = guidance, getattr(guidance, "scale", None)
+        else:
+            if guidance is None:
+                guidance = float(self.defaults["guidance"]) if self.null_class else 1.0
+            scale = guidance
+            rule = None
+        if (
+            isinstance(scale, bool)
+            or not (isinstance(scale, int | float) and math.isfinite(scale))
+            or scale < 0
+        ):
+            raise ValueError(f"guidance must be a number >= 0 (1 = no guidance), got {scale}")
+        if rule is None:
+            cls = guidance_rules.get(method)
+            options: dict[str, Any] = {}
+            if rescale is not None:
+                if method != "cfg":
+                    raise ValueError(f"guidance rescale applies to method cfg, not {method}")
+                options["rescale"] = float(rescale)
+            if method == "cfg_zero_star":
+                options["zero_init"] = self._first_sigma() if zero_init is None else zero_init
+            rule = cls(float(scale), **options)
+        if not rule.identity:
+            what = f"guidance {scale:g}" + ("" if method == "cfg" else f" ({method})")
+            if self.num_classes == 0:
+                raise ValueError(
+                    f"{what} needs a class-conditional model; {self.name} is unconditional "
+                    "(use guidance 1)"
+                )
+            if not self.null_class:
+                raise self._no_null_class(what, "use guidance 1")
+        return rule
+
+    def _first_sigma(self) -> float:
+        """Where the model's default grid starts: its sampling sigma_max, else its process's."""
+        return float(self.defaults.get("sigma_max") or self.process.sigma_max)
+
+    def guided(
+        self,
+        guidance: float | Rule | None = None,
+        method: str = "cfg",
+        interval: tuple[float, float] | None = None,
+        rescale: float | None = None,
+    ) -> Callable[..., Tensor]:
+        """The denoiser with classifier-free guidance D_w = D(x) + w (D(x, y) - D(x)) (Ho & Salimans
+        2022; or the rule ``method`` names), applied for sigma inside ``interval`` when given
+        (Kynkäänniemi et al. 2024), after every check of :meth:`guidance_rule`; the plain
+        :attr:`denoiser` when the guidance is the identity (w = 1, the default without a null
+        class). It runs with any sampler: ``sampler(model.guided(3.0), x, sigmas,
+        cond={"labels": labels})``."""
+        rule = self.guidance_rule(guidance, method, rescale)
+        if rule.identity:
+            return self.denoiser
+        return classifier_free(self.denoiser, rule, interval)
+
+    # -------------------------------------------------------------------------------- sampling
+
+    def sampler(
+        self,
+        sampler: str | Callable[..., Tensor] | None = None,
+        schedule: str | Tensor | Sequence[float] | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> tuple[str | Callable[..., Tensor], dict[str, Any] | None]:
+        """(sampler, its options) that :meth:`generate` runs: ``sampler``, else the one a saved grid
+        ``schedule`` ("optimized:SAMPLER:NFE") names, else the model's default; the options default
+        to the config's ``sample.sampler_options`` when the model's own sampler runs (a distilled
+        model's final step)."""
+        d = self.defaults
+        schedule = d["schedule"] if schedule is None else schedule
+        if sampler is None and isinstance(schedule, str) and schedule.startswith(PREFIX):
+            sampler = parse_grid_name(schedule)[0]
+        sampler = sampler or d["sampler"]
+        if options is None and sampler == d["sampler"]:
+            options = d.get("sampler_options")
+        return sampler, options
 
     def generate(
         self,
@@ -266,35 +349,19 @@ class Model:
         sigma_max: float | None = None,
         progress: bool = False,
         sampler_options: dict[str, Any] | None = None,
+        guidance_method: str = "cfg",
+        guidance_rescale: float | None = None,
     ) -> Samples:
         """Samples with their labels, the NFE spent and the time: see :meth:`sample`."""
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
-        d = self.defaults
-        schedule = d["schedule"] if schedule is None else schedule
-        grid = schedule
-        if isinstance(schedule, str) and schedule.startswith(PREFIX):  # a grid the model keeps
-            grid = load_grid(self.folder, schedule, self.name)
-            sampler = sampler or parse_grid_name(schedule)[0]
-        sampler = sampler or d["sampler"]
-        if sampler_options is None and sampler == d["sampler"]:
-            sampler_options = d.get("sampler_options")  # e.g. a distilled model's final step
-        if guidance is None:
-            guidance = float(d["guidance"]) if self.has_null_class else 1.0
-        labels_t = class_labels(labels, n, self.num_classes)
-        scale = getattr(guidance, "scale", guidance)  # a rule (difflab.guidance.rules) or a scale
-        self._check_guidance(scale, labels_t)
-        guided = not guidance.identity if hasattr(guidance, "identity") else guidance != 1
-        sigmas = step_grid(
-            grid,
-            steps if steps is not None or not isinstance(grid, str) else d["steps"],
-            self.objective.process,
-            d.get("sigma_min") if sigma_min is None else sigma_min,
-            d.get("sigma_max") if sigma_max is None else sigma_max,
-        )
-        den = self.denoiser
-        if guided:
-            den = classifier_free(den, guidance, guidance_interval)
+        schedule = self.defaults["schedule"] if schedule is None else schedule
+        sampler, sampler_options = self.sampler(sampler, schedule, sampler_options)
+        labels_t = self.class_labels(labels, n)
+        sigmas = self.grid(schedule, steps, sigma_min, sigma_max)
+        # CFG-Zero* zeroes the first step: at the start of this grid
+        rule = self.guidance_rule(guidance, guidance_method, guidance_rescale, float(sigmas[0]))
+        den = self.guided(rule, interval=guidance_interval)
         if not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
         if batch_size is None:  # about a mebibyte of float32 state per batch
@@ -311,20 +378,21 @@ class Model:
             progress=progress,
             options=sampler_options,
         )
+        named_rule = hasattr(guidance, "identity") or guidance_method != "cfg"
         return Samples(
             x=x,
             labels=labels_t,
             sigmas=sigmas,
             nfe=nfe,
-            network_evals=nfe * (2 if guided and labels_t is not None else 1),
+            network_evals=nfe * (2 if not rule.identity and labels_t is not None else 1),
             seconds=seconds,
             options={
                 "sampler": sampler,
                 "schedule": schedule if isinstance(schedule, str) else "explicit",
                 "steps": len(sigmas) - 1,
-                "guidance": scale,
+                "guidance": rule.scale,
                 "seed": seed,
-                **({"guidance_rule": guidance} if hasattr(guidance, "identity") else {}),
+                **({"guidance_rule": rule} if named_rule or guidance_rescale else {}),
             },
         )
 
@@ -332,8 +400,9 @@ class Model:
         self, n: int, labels: int | Sequence[int] | Tensor | None = None, **options: Any
     ) -> Tensor:
         """x ~ p(x | labels): n samples [n, *shape] in data scale, solving the sampler from
-        x_0 = sigma_max eps_i on the step grid, with classifier-free guidance
-        D_w = D(x) + w (D(x, y) - D(x)) for w = ``guidance`` != 1 (Ho & Salimans 2022).
+        x_0 = sigma_max eps_i on the step grid (:meth:`grid`), with classifier-free guidance
+        D_w = D(x) + w (D(x, y) - D(x)) for w = ``guidance`` != 1 (Ho & Salimans 2022;
+        :meth:`guided`).
 
         ``labels``: None (a conditional model cycles through its classes, i mod C), one class for
         all, or n labels (-1 = the null class). Sample i starts from noise of its own generator,
@@ -342,10 +411,11 @@ class Model:
         ``schedule`` (a grid name, explicit sigmas, or ``"optimized:<sampler>:<nfe>"``: a grid
         kept in the model folder, its sampler the default), ``guidance`` (a scale or a rule
         of :mod:`difflab.guidance.rules`: ``CFG(w, rescale=phi)``, ``APG(w)``, ``CFGZeroStar(w)``),
-        ``guidance_interval`` (sigma range where guidance applies), ``seed``, ``batch_size``,
-        ``sigma_min``, ``sigma_max``, ``progress``, ``sampler_options`` (the sampler's own, e.g.
-        ``{"eta": 0.5}``; by default the config's ``sample.sampler_options`` when the model's own
-        sampler runs).
+        ``guidance_method`` (a rule by name: "cfg", "apg", "cfg_zero_star"), ``guidance_rescale``
+        (phi, with "cfg"), ``guidance_interval`` (sigma range where guidance applies), ``seed``,
+        ``batch_size``, ``sigma_min``, ``sigma_max``, ``progress``, ``sampler_options`` (the
+        sampler's own, e.g. ``{"eta": 0.5}``; by default the config's ``sample.sampler_options``
+        when the model's own sampler runs).
         """
         return self.generate(n, labels, **options).x
 

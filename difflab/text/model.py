@@ -1,6 +1,7 @@
-"""Saved text models: ``model.safetensors`` + ``config.json`` (format "difflab text model"), shipped
-in ``difflab/pretrained/<name>/`` ("shakespeare": masked diffusion; "shakespeare_ar": its
-autoregressive baseline and judge) or in any folder.
+"""Saved text models: ``model.safetensors`` + ``config.json``, the one model-folder format of
+:mod:`difflab.utils.folder` with type "text" (version-1 folders, format "difflab text model", load
+too), shipped in ``difflab/pretrained/<name>/`` ("shakespeare": masked diffusion;
+"shakespeare_ar": its autoregressive baseline and judge) or in any folder.
 
     model = difflab.text.load("shakespeare")
     texts = model.generate(8, length=256, sampler="first_hitting", seed=0)
@@ -23,22 +24,22 @@ from difflab.text import samplers
 from difflab.text.data import CharTokenizer
 from difflab.text.diffusion import autoregressive_nll, nelbo
 from difflab.text.transformer import Transformer
-from difflab.utils.weights import (
-    check_no_pickles,
-    load_state_dict_strict,
-    load_weights,
-    read_config,
-    save_weights,
-    write_config,
+from difflab.utils.folder import (
+    CONFIG,
+    WEIGHTS,
+    folder_name,
+    is_model_folder,
+    read_folder_config,
+    read_folder_weights,
+    save_folder,
 )
+from difflab.utils.weights import load_state_dict_strict
 
-__all__ = ["FORMAT", "KINDS", "Generated", "TextModel", "available", "load", "save_text_model"]
+__all__ = ["KINDS", "TYPE", "Generated", "TextModel", "available", "load", "save_text_model"]
 
-FORMAT = "difflab text model"
-VERSION = 1
+TYPE = "text"  # the model-folder type (difflab.utils.folder)
 KINDS = ("masked", "autoregressive")
 SHIPPED = Path(__file__).resolve().parent.parent / "pretrained"
-CONFIG, WEIGHTS = "config.json", "model.safetensors"
 
 
 def save_text_model(
@@ -51,17 +52,16 @@ def save_text_model(
     sample: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``folder/model.safetensors`` and ``folder/config.json``, each atomically."""
+    """Write the model folder (type "text") through :func:`difflab.utils.folder.save_folder`:
+    ``model.safetensors`` and ``config.json`` (kind, network, schedule, tokenizer, sample defaults,
+    training record), each atomically."""
     if kind not in KINDS:
         raise unknown_name("text model kind", kind, KINDS)
     if network.causal != (kind == "autoregressive"):
         need = "causal" if kind == "autoregressive" else "bidirectional"
         raise ValueError(f"a {kind} model needs a {need} network")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     config = {
-        "format": FORMAT,
-        "version": VERSION,
+        "type": TYPE,
         "kind": kind,
         "network": network.config,
         "schedule": schedule,
@@ -69,9 +69,7 @@ def save_text_model(
         "sample": dict(sample or {}),
         "training": dict(training or {}),
     }
-    save_weights(folder / WEIGHTS, {k: v.detach().float() for k, v in network.state_dict().items()})
-    write_config(folder / CONFIG, config)
-    return folder
+    return save_folder(folder, config, network.state_dict())
 
 
 @dataclass
@@ -115,20 +113,7 @@ class TextModel:
     ) -> TextModel:
         """Build the transformer from ``folder/config.json`` and load its weights strictly."""
         folder = Path(folder)
-        check_no_pickles(folder)
-        if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
-            raise FileNotFoundError(
-                f"{folder} is not a text model folder: it needs {CONFIG} and {WEIGHTS}"
-            )
-        config = read_config(folder / CONFIG)
-        if config.get("format") != FORMAT:
-            raise ValueError(
-                f"{folder / CONFIG} is not a difflab text model (format {config.get('format')!r})"
-            )
-        if config.get("version") != VERSION:
-            raise ValueError(
-                f"{folder / CONFIG} has text model format version {config.get('version')!r}, expected {VERSION}"
-            )
+        config = read_folder_config(folder, TYPE)
         if config.get("kind") not in KINDS:
             raise unknown_name(
                 f"text model kind in {folder / CONFIG}", str(config.get("kind")), KINDS
@@ -137,18 +122,13 @@ class TextModel:
             network = Transformer(**config["network"])
         except (TypeError, ValueError, KeyError) as e:
             raise ValueError(f"{folder / CONFIG}: cannot build its network: {e}") from None
-        load_state_dict_strict(
-            network, load_weights(folder / WEIGHTS), source=str(folder / WEIGHTS)
-        )
+        load_state_dict_strict(network, read_folder_weights(folder), source=str(folder / WEIGHTS))
         return cls(config, network.to(device), folder)
 
     @property
     def name(self) -> str:
         """The folder's name ("shakespeare"), its run's for ``<run>/model``, or "model"."""
-        if self.folder is None:
-            return "model"
-        folder = self.folder.resolve()
-        return folder.parent.name if folder.name == "model" else folder.name
+        return "model" if self.folder is None else folder_name(self.folder)
 
     @property
     def context(self) -> int:
@@ -245,11 +225,7 @@ class TextModel:
 
 def available() -> list[str]:
     """Names of the text models shipped with difflab."""
-    return sorted(
-        p.name
-        for p in SHIPPED.iterdir()
-        if (p / CONFIG).is_file() and read_config(p / CONFIG).get("format") == FORMAT
-    )
+    return sorted(p.name for p in SHIPPED.iterdir() if is_model_folder(p, TYPE))
 
 
 def load(name_or_path: str | os.PathLike[str], device: str | torch.device = "cpu") -> TextModel:

@@ -90,8 +90,8 @@ def read_folder_config(folder: PathLike, expected: str | None = None) -> dict[st
     path = folder / CONFIG
     if not path.is_file():
         raise FileNotFoundError(
-            f"{folder} is not a model folder: it has no {CONFIG} (a model folder holds {CONFIG} "
-            f"and {WEIGHTS}, as `difflab train` writes them)"
+            f"{folder} is not a model folder: it has no {CONFIG} (the config file a model folder "
+            f"holds beside {WEIGHTS}, as `difflab train` writes them)"
         )
     config = read_config(path)
     kind = folder_type(config)
