@@ -11,7 +11,6 @@ retrains them with :func:`train_classifier` and records the test-split accuracy 
 from __future__ import annotations
 
 import functools
-import math
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from torch import Tensor, nn
 
 from difflab import data
 from difflab.models.classifiers import MnistClassifier, load_classifier, save_classifier
+from difflab.training.classifiers import fit_classifier
 
 __all__ = [
     "WEIGHTS_DIR",
@@ -117,7 +117,8 @@ def train_classifier(
     log: bool = True,
 ) -> tuple[MnistClassifier, dict]:
     """Train the classifier on the MNIST training split (60k) with random shifts of up to ``shift``
-    pixels, AdamW and a one-cycle learning rate; return it with its test-split (10k) accuracy."""
+    pixels (:func:`~difflab.training.classifiers.fit_classifier`); return it with its test-split
+    (10k) accuracy."""
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -126,33 +127,25 @@ def train_classifier(
     train, test = data.load("mnist", "train"), data.load("mnist", "test")
     (train_x, train_y), (test_x, test_y) = (train.x, train.labels), (test.x, test.labels)
     model = MnistClassifier(channels)
-    steps = epochs * math.ceil(len(train_x) / batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    for epoch in range(epochs):
-        model.train()
-        order = torch.randperm(len(train_x), generator=g)
-        total = 0.0
-        for i in range(0, len(order), batch_size):
-            idx = order[i : i + batch_size]
-            _, logits = model(_shift(train_x[idx], shift, g))
-            loss = nn.functional.cross_entropy(logits, train_y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-        model.eval()
+    accuracy: list[float] = []
+
+    def report(epoch: int, loss: float) -> None:
         if log or epoch + 1 == epochs:
-            acc = class_accuracy(test_x, test_y, model)
+            accuracy.append(class_accuracy(test_x, test_y, model))
         if log:
             print(
-                f"epoch {epoch + 1}/{epochs}: train loss {total / len(train_x):.4f}, "
-                f"test accuracy {acc:.4f}, {time.perf_counter() - start:.0f} s",
+                f"epoch {epoch + 1}/{epochs}: train loss {loss:.4f}, "
+                f"test accuracy {accuracy[-1]:.4f}, {time.perf_counter() - start:.0f} s",
                 flush=True,
             )
+
+    fit_classifier(
+        model, train_x, train_y, lambda net, x, gen: net(_shift(x, shift, gen))[1],
+        epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=5e-4, generator=g,
+        on_epoch=report,
+    )  # fmt: skip
     info = {
-        "test_accuracy": acc,
+        "test_accuracy": accuracy[-1],
         "train_seconds": round(time.perf_counter() - start, 1),
         "train_cpu_seconds": round(time.process_time() - cpu_start, 1),
         "training": {

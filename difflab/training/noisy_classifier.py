@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from difflab.models.classifiers import NOISY_SIGMA_RANGE, NoisyClassifier, save_classifier
+from difflab.training.classifiers import fit_classifier
 
 __all__ = ["SHIPPED_FOLDER", "TRAIN_COMMAND", "accuracy", "main", "train"]
 
@@ -51,8 +52,8 @@ def train(
     seed: int = 0,
 ) -> tuple[NoisyClassifier, dict]:
     """Cross-entropy on x = x0 + sigma eps, log sigma uniform on NOISY_SIGMA_RANGE, MNIST training
-    split; AdamW with a one-cycle learning rate. Returns the model and its record (test accuracy per
-    sigma)."""
+    split (:func:`~difflab.training.classifiers.fit_classifier`). Returns the model and its record
+    (test accuracy per sigma)."""
     from difflab import data
 
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -60,31 +61,24 @@ def train(
     g = torch.Generator().manual_seed(seed)
     trainset, testset = data.load("mnist", "train"), data.load("mnist", "test")
     model = NoisyClassifier(channels)
-    steps = epochs * math.ceil(len(trainset.x) / batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    for epoch in range(epochs):
-        model.train()
-        order = torch.randperm(len(trainset.x), generator=g)
-        total = 0.0
-        for i in range(0, len(order), batch_size):
-            idx = order[i : i + batch_size]
-            sigma = _log_uniform(len(idx), g)
-            x = trainset.x[idx] + sigma[:, None, None, None] * torch.randn(
-                trainset.x[idx].shape, generator=g
-            )
-            loss = nn.functional.cross_entropy(model(x, sigma), trainset.labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
+
+    def noisy_logits(net: nn.Module, x0: Tensor, generator: torch.Generator) -> Tensor:
+        sigma = _log_uniform(len(x0), generator)
+        return net(
+            x0 + sigma[:, None, None, None] * torch.randn(x0.shape, generator=generator), sigma
+        )
+
+    def report(epoch: int, loss: float) -> None:
         print(
-            f"epoch {epoch + 1}/{epochs}: train loss {total / len(order):.4f}, "
+            f"epoch {epoch + 1}/{epochs}: train loss {loss:.4f}, "
             f"{time.perf_counter() - start:.0f} s",
             flush=True,
         )
-    model.eval()
+
+    fit_classifier(
+        model, trainset.x, trainset.labels, noisy_logits, epochs=epochs, batch_size=batch_size,
+        lr=lr, weight_decay=1e-4, generator=g, on_epoch=report,
+    )  # fmt: skip
     acc = {f"{s:g}": accuracy(model, testset.x, testset.labels, s, seed) for s in REPORT_SIGMAS}
     lo, hi = NOISY_SIGMA_RANGE
     info = {
