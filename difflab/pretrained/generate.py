@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from difflab import sampling, schedules
+from difflab.core.counting import CountingDenoiser
 from difflab.core.processes import Process
 
 __all__ = ["Samples", "class_labels", "sample_batched", "step_grid"]
@@ -96,17 +97,6 @@ def step_grid(
     return grid(steps, sigma_min, sigma_max, process=process)
 
 
-class _Counting:
-    """A denoiser that counts its calls (one call = one NFE, whatever the batch)."""
-
-    def __init__(self, denoiser: Callable[..., Tensor]) -> None:
-        self.denoiser, self.calls = denoiser, 0
-
-    def __call__(self, x: Tensor, sigma: Tensor, **cond: Any) -> Tensor:
-        self.calls += 1
-        return self.denoiser(x, sigma, **cond)
-
-
 def sample_batched(
     denoiser: Callable[..., Tensor],
     shape: Sequence[int],
@@ -148,7 +138,7 @@ def sample_batched(
             x = sampling.randn((len(g), *shape[1:]), g, torch.float32, device)
             if math.isfinite(start):
                 x = x * start
-            counted = _Counting(denoiser)
+            counted = CountingDenoiser(denoiser)
             cond = None if labels is None else {"labels": labels[rows].to(device)}
             callback = None if bar is None else (lambda *_: bar.update())
             out.append(

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from difflab.core.counting import CountingDenoiser
 from difflab.core.tensors import unknown_name
 from difflab.sampling.noise import generators
 from difflab.text import samplers
@@ -81,18 +82,6 @@ class Generated:
     texts: list[str] | None
     network_rows: int
     seconds: float
-
-
-class _Counting(nn.Module):
-    """The network, counting the sequences it is run on."""
-
-    def __init__(self, network: Transformer) -> None:
-        super().__init__()
-        self.network, self.vocab_size, self.rows = network, network.vocab_size, 0
-
-    def forward(self, z: Tensor) -> Tensor:
-        self.rows += z.shape[0]
-        return self.network(z)
 
 
 class TextModel:
@@ -196,7 +185,7 @@ class TextModel:
             if len(given) > length:
                 raise ValueError(f"the prompt has {len(given)} tokens, more than length {length}")
             start[: len(given)] = given
-        counting = _Counting(self.network)
+        counting = CountingDenoiser(self.network)  # rows: sequences run
         device = next(self.network.parameters()).device
         gens = generators(seed, n)
         out, t0 = [], time.perf_counter()
