@@ -336,7 +336,7 @@ K_ADAPTIVE_RTOL = (
 )  # atol = 0.156 rtol (default)
 
 
-# ---- k-diffusion's sampling module, loaded without the package __init__ (it needs torchvision) ----
+# ---- k-diffusion's sampling module, loaded without its package __init__ (needs torchvision) ----
 
 
 @contextlib.contextmanager

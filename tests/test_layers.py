@@ -38,8 +38,8 @@ LAYERS = {
 
 
 def package_of(module: str) -> str:
-    """The top-level part of a difflab module name ("difflab.models.unet" -> "models"), "__init__" for
-    the name difflab itself (what ``from difflab import load`` reads)."""
+    """The top-level part of a difflab module name ("difflab.models.unet" -> "models"), "__init__"
+    for the name difflab itself (what ``from difflab import load`` reads)."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else "__init__"
 
@@ -55,9 +55,9 @@ def imported_modules(source: str, package: str) -> list[str]:
             found += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             name = node.module or ""
-            if node.level:
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                name = ".".join([*base, *([name] if name else [])])
+            if node.level:  # level 1 is the package itself, 2 its parent, ...
+                parts = package.split(".")
+                name = ".".join([*parts[: len(parts) + 1 - node.level], *([name] if name else [])])
             folder = ROOT.parent.joinpath(*name.split("."))
             for alias in node.names:
                 sub = folder / alias.name
@@ -67,7 +67,7 @@ def imported_modules(source: str, package: str) -> list[str]:
 
 
 def package_name(path: Path) -> str:
-    """The package a module file belongs to ("difflab.core" for core/grids.py and core/__init__.py)."""
+    """The package of a module file: "difflab.core" for core/grids.py and core/__init__.py."""
     return ".".join(path.relative_to(ROOT.parent).parent.parts)
 
 
@@ -75,8 +75,13 @@ def sources() -> list[Path]:
     return sorted(ROOT.rglob("*.py"))
 
 
+def top_level(path: Path) -> str:
+    """The top-level package (or module) of difflab a file is part of: "core" for core/grids.py."""
+    return path.relative_to(ROOT).parts[0].removesuffix(".py")
+
+
 def test_every_package_has_a_layer():
-    top = {p.relative_to(ROOT).parts[0].removesuffix(".py") for p in sources()}
+    top = {top_level(p) for p in sources()}
     missing = sorted(top - set(LAYERS))
     assert not missing, f"give each package a layer in LAYERS (DESIGN.md): {', '.join(missing)}"
 
@@ -84,7 +89,7 @@ def test_every_package_has_a_layer():
 def test_packages_import_only_their_own_or_lower_layers():
     violations = []
     for path in sources():
-        own = LAYERS.get(path.relative_to(ROOT).parts[0].removesuffix(".py"))
+        own = LAYERS.get(top_level(path))
         if own is None:
             continue  # test_every_package_has_a_layer names it
         for imported in imported_modules(path.read_text(), package_name(path)):

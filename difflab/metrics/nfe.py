@@ -2,8 +2,9 @@
 with several samplers at each NFE budget and measures the Fréchet distance of their samples to a
 reference; ``format_table`` and ``plot_nfe`` show the result.
 
-The model is anything with the members of :class:`SamplingModel`, as :class:`difflab.pretrained.Model`
-has (metrics sit below saved models in the layers of DESIGN.md, so they take a model, never load one).
+The model is anything with the members of :class:`SamplingModel`, as
+:class:`difflab.pretrained.Model` has (metrics sit below saved models in the layers of DESIGN.md, so
+they take a model, never load one).
 """
 
 from __future__ import annotations
