@@ -3,6 +3,8 @@ ones. Every import counts, at module level or inside a function (a deferred impo
 dependency), so a package cannot reach up by importing late."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -123,3 +125,22 @@ def late():
         "difflab.utils.files",
         "difflab.cli",
     ]
+
+
+def test_sampling_a_saved_model_imports_no_training_module(tmp_path):
+    """Loading and sampling (from Python and from the command line, images and text) is inference:
+    it builds nothing of training (issue 20: pretrained -> training was on the sampling path)."""
+    code = f"""
+import sys, difflab
+from difflab import text
+from difflab.cli import main
+difflab.load("mnist").sample(2, 3, steps=2, guidance=2.0)
+text.load("shakespeare").generate(1, 8, steps=2)
+main(["sample", "--model", "mnist", "--steps", "2", "--n", "2", "--out", r"{tmp_path / "g.png"}"])
+main(["text", "sample", "--model", "shakespeare", "--steps", "2", "--n", "1", "--length", "8",
+      "--out", r"{tmp_path / "s.txt"}"])
+print(sorted(m for m in sys.modules if m.startswith("difflab.training")))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -67,7 +67,7 @@ def read_image(path: str, shape: tuple[int, ...], model: str) -> Any:
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
-    from difflab.data import from_uint8
+    from difflab.utils.pixels import from_uint8
 
     try:
         with Image.open(path) as image:
@@ -198,7 +198,7 @@ def _write(out: Any, images: list[Any], args: argparse.Namespace, model: Any) ->
     import numpy as np
     import torch
 
-    from difflab.data import to_uint8
+    from difflab.utils.pixels import to_uint8
     from difflab.utils.images import panels, save_png
 
     scale = max(1, 160 // max(model.shape[1:]))

@@ -53,7 +53,7 @@ def _read_png(path: str, shape: tuple[int, ...], model: str) -> Any:
     import numpy as np
     from PIL import Image
 
-    from difflab.data import from_uint8
+    from difflab.utils.pixels import from_uint8
 
     if not Path(path).is_file():
         raise CliError(f"--input {path} does not exist")
@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> None:
 def _write(out: Any, truth: Any, measured: Any, restored: Any, args: argparse.Namespace) -> None:
     import numpy as np
 
-    from difflab.data import to_uint8
+    from difflab.utils.pixels import to_uint8
     from difflab.utils.images import image_grid, panels, save_png
 
     def column(images: Any) -> Any:
