@@ -198,8 +198,8 @@ def _write(out: Any, images: list[Any], args: argparse.Namespace, model: Any) ->
     import numpy as np
     import torch
 
-    from difflab.utils.pixels import to_uint8
     from difflab.utils.images import panels, save_png
+    from difflab.utils.pixels import to_uint8
 
     scale = max(1, 160 // max(model.shape[1:]))
     tiles = to_uint8(torch.cat(images)).numpy().transpose(0, 2, 3, 1)

@@ -171,8 +171,8 @@ def run(args: argparse.Namespace) -> None:
 def _write(out: Any, truth: Any, measured: Any, restored: Any, args: argparse.Namespace) -> None:
     import numpy as np
 
-    from difflab.utils.pixels import to_uint8
     from difflab.utils.images import image_grid, panels, save_png
+    from difflab.utils.pixels import to_uint8
 
     def column(images: Any) -> Any:
         return np.asarray(image_grid(to_uint8(images.clamp(-1, 1)).numpy(), nrow=1, scale=3))

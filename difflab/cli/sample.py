@@ -305,9 +305,9 @@ def _label_text(values: list[int]) -> str:
 def _write(out: Any, result: Any, model: Any, values: list[int] | None, summary: str) -> None:
     import numpy as np
 
-    from difflab.utils.pixels import to_uint8
     from difflab.utils.files import atomic_write_bytes
     from difflab.utils.images import save_png
+    from difflab.utils.pixels import to_uint8
 
     x = result.x.float().cpu()
     labels = (
