@@ -116,6 +116,7 @@ def _labels(model: Any, label: int | None, n: int) -> Any:
 
 def run(args: argparse.Namespace) -> None:
     from difflab import pretrained
+    from difflab.restoration import Measurement
     from difflab.restoration.restore import METHODS, TASKS, measure, psnr, restore, shown
     from difflab.restoration.restore import task_operator as operator_for
     from difflab.utils.names import unknown_name
@@ -154,7 +155,7 @@ def run(args: argparse.Namespace) -> None:
     with user_errors():
         y = measure(op, truth, args.noise, seed=args.seed)
         x = restore(
-            model.denoiser, op, y, args.noise, sigmas, args.method, seed=args.seed + 1,
+            model.denoiser, Measurement(op, y, args.noise), sigmas, args.method, seed=args.seed + 1,
             cond=None if labels is None else {"labels": labels}, **options,
         )  # fmt: skip
     seconds = time.perf_counter() - begin

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -96,7 +97,7 @@ class Measurement:
 def takes_measurement(method: Method) -> Method:
     """``method(denoiser, measurement, ...)`` that also accepts the spelling from before
     :class:`Measurement`, ``method(denoiser, operator, y, noise_std, ...)``: the three arguments
-    become one Measurement (the one place that form is kept)."""
+    become one Measurement, with a DeprecationWarning (the one place that form is kept)."""
 
     @functools.wraps(method)
     def call(denoiser: Callable[..., Tensor], *args: Any, **kwargs: Any) -> Any:
@@ -106,6 +107,12 @@ def takes_measurement(method: Method) -> Method:
                     f"{method.__name__} takes (denoiser, measurement, ...) with a "
                     f"Measurement(operator, y, noise_std), got {type(args[0]).__name__}"
                 )
+            warnings.warn(
+                f"{method.__name__}(denoiser, operator, y, noise_std, ...) is deprecated: pass "
+                "Measurement(operator, y, noise_std) as the second argument",
+                DeprecationWarning,
+                stacklevel=2,
+            )
             operator, y, noise_std, *args = args  # type: ignore[assignment]
             args = (Measurement(operator, y, noise_std), *args)
         return method(denoiser, *args, **kwargs)
