@@ -28,6 +28,7 @@ LAYERS = {
     "models": 3,
     "training": 3,
     "data": 3,
+    "envs": 3,  # batched control environments and demonstrations, beside data
     "acceleration": 4,
     "text": 4,
     "metrics": 4,

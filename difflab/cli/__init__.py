@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "edit",
     "distill",
     "restore",
+    "policy",
 )
 
 

@@ -8,6 +8,8 @@ uint8 arrays are images: [N, H, W] gains a channel axis, [N, H, W, C] (C in 1, 3
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ import torch
 from difflab.core.tensors import check_finite
 from difflab.data.dataset import Dataset, from_uint8
 
-__all__ = ["DATA_KEYS", "LABEL_KEY", "load", "read_arrays"]
+__all__ = ["DATA_KEYS", "LABEL_KEY", "check_signature", "load", "read_arrays", "reading_errors"]
 
 DATA_KEYS = ("images", "samples", "x")  # difflab sample writes images (uint8) or samples
 LABEL_KEY = "labels"
@@ -37,13 +39,12 @@ def _samples(data: np.ndarray, path: Path) -> torch.Tensor:
     return x[:, None] if x.ndim == 1 else x
 
 
-def read_arrays(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray | None]:
-    """(samples [N, ...], labels or None) of a .npy file, or of a .npz file's first array named in
-    DATA_KEYS and its "labels"; read without pickle, every defect a ValueError naming the file."""
-    path = Path(path)
+def check_signature(path: Path, suffixes: tuple[str, ...] = (".npy", ".npz")) -> str:
+    """The lower-case suffix of ``path``, after checking it is one of ``suffixes``, that the file
+    exists and that it starts with that NumPy format's signature (ValueError, FileNotFoundError)."""
     suffix = path.suffix.lower()
-    if suffix not in _SIGNATURES:
-        raise ValueError(f"{path}: expected a .npy or .npz file")
+    if suffix not in suffixes:
+        raise ValueError(f"{path}: expected a {' or '.join(suffixes)} file")
     if not path.is_file():
         raise FileNotFoundError(f"array file {path} does not exist")
     with path.open("rb") as f:
@@ -51,7 +52,34 @@ def read_arrays(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray | 
             raise ValueError(
                 f"{path} is not a NumPy {suffix} file (it lacks the format's signature)"
             )
+    return suffix
+
+
+@contextmanager
+def reading_errors(path: Path) -> Iterator[None]:
+    """Turn what NumPy raises on a pickled, damaged or incomplete file (read with
+    allow_pickle=False) into a one-line ValueError naming ``path``; a LookupError inside is a
+    missing array."""
     try:
+        yield
+    except LookupError as e:
+        raise ValueError(str(e)) from None
+    except ValueError as e:
+        if "pickle" in str(e):
+            raise ValueError(
+                f"{path} holds pickled Python objects (object arrays), which difflab never loads"
+            ) from None
+        raise ValueError(f"cannot read {path}: {e}") from None
+    except Exception as e:  # NumPy's header parser raises SyntaxError, TokenError, ... on damage
+        raise ValueError(f"cannot read {path}: {type(e).__name__}: {e}") from None
+
+
+def read_arrays(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray | None]:
+    """(samples [N, ...], labels or None) of a .npy file, or of a .npz file's first array named in
+    DATA_KEYS and its "labels"; read without pickle, every defect a ValueError naming the file."""
+    path = Path(path)
+    suffix = check_signature(path)
+    with reading_errors(path):
         if suffix == ".npy":
             data, labels = np.load(path, allow_pickle=False), None
         else:
@@ -63,16 +91,6 @@ def read_arrays(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray | 
                     )
                 data = archive[key]
                 labels = archive[LABEL_KEY] if LABEL_KEY in archive.files else None
-    except LookupError as e:
-        raise ValueError(str(e)) from None
-    except ValueError as e:
-        if "pickle" in str(e):
-            raise ValueError(
-                f"{path} holds pickled Python objects (object arrays), which difflab never loads"
-            ) from None
-        raise ValueError(f"cannot read {path}: {e}") from None
-    except Exception as e:  # NumPy's header parser raises SyntaxError, TokenError, ... on damage
-        raise ValueError(f"cannot read {path}: {type(e).__name__}: {e}") from None
     if data.ndim == 0 or len(data) == 0:
         raise ValueError(f"{path}: expected samples [N, ...] with N >= 1, got shape {data.shape}")
     if labels is not None and labels.dtype.kind not in "iu":
