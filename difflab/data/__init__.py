@@ -7,6 +7,9 @@ other argument is a path: a folder of PNG / JPEG images (options ``size``, ``mod
 
 Every loader returns a :class:`Dataset`: ``x`` float32 [N, ...] (images in [-1, 1]), ``labels``
 [N] int64 or None, ``num_classes``, ``shape`` (one sample's), and ``data[idx] -> (x, labels)``.
+
+Also here: demonstrations for policies (:class:`Demos`, read with ``Demos.load``, windowed by
+``Demos.windows``) and per-dimension :class:`Normalizer`s.
 """
 
 from __future__ import annotations
@@ -21,10 +24,15 @@ from typing import Any
 from difflab.core.tensors import unknown_name
 from difflab.data import arrays, digits, images, mnist, toys
 from difflab.data.dataset import DATA_ENV, Dataset, from_uint8, to_uint8
+from difflab.data.demos import Demos, Windows
+from difflab.data.normalization import Normalizer
 
 __all__ = [
     "DATA_ENV",
     "Dataset",
+    "Demos",
+    "Normalizer",
+    "Windows",
     "arrays",
     "available",
     "digits",
