@@ -13,6 +13,10 @@ x0 exactly. With x_t = alpha x0 + sigma eps (alpha, sigma the process coefficien
 At sigma_ve = inf (zero terminal SNR) the input x stands for the unit noise (the limit of x / sigma),
 which is exactly the network input x_t there; v, x0 and velocity predictions stay exact, eps and score
 predictions cannot recover x0 at zero SNR.
+
+sigma may be one value per sample or per element (DESIGN.md); the network's time input is then one
+per sample [B] or, for a noise level per token of a sequence x [B, T, D] (sigma [B, T, 1]: diffusion
+forcing, streaming policies), one per token [B, T].
 """
 
 from __future__ import annotations
@@ -130,8 +134,15 @@ def _network_input(x: Tensor, s: Tensor, scale: Tensor) -> Tensor:
 
 
 def _batch_time(c: Tensor, x: Tensor) -> Tensor:
-    """A scalar time input becomes one per sample, as networks expect."""
-    return c.expand(x.shape[0]) if c.ndim == 0 else c
+    """The network's time input: one per sample [B] for a scalar or per-sample noise level (a
+    scalar is expanded, trailing unit dims of sigma [B, 1, ...] dropped), one per token [B, T] for
+    a noise level per token of a sequence x [B, T, D] (sigma [B, T] or [B, T, 1]). difflab's
+    sequence networks take [B, T]; the others reduce it to [B] when all tokens share it."""
+    if c.ndim == 0:
+        return c.expand(x.shape[0])
+    while c.ndim > 1 and c.shape[-1] == 1:
+        c = c.squeeze(-1)
+    return c
 
 
 class Denoiser(nn.Module):

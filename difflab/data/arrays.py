@@ -1,5 +1,6 @@
 """Data sets stored as NumPy arrays: a .npy file, or a .npz file with 'images', 'samples' or 'x' (and
-optional 'labels'). Read with allow_pickle=False: a file holding Python objects is refused.
+optional 'labels' and 'context', one float row per sample). Read with allow_pickle=False: a file
+holding Python objects is refused.
 
 uint8 arrays are images: [N, H, W] gains a channel axis, [N, H, W, C] (C in 1, 3, 4) becomes
 [N, C, H, W], and pixels map to [-1, 1]. Any other numeric array is taken as given (float32).
@@ -18,10 +19,20 @@ import torch
 from difflab.core.tensors import check_finite
 from difflab.data.dataset import Dataset, from_uint8
 
-__all__ = ["DATA_KEYS", "LABEL_KEY", "check_signature", "load", "read_arrays", "reading_errors"]
+__all__ = [
+    "CONTEXT_KEY",
+    "DATA_KEYS",
+    "LABEL_KEY",
+    "check_signature",
+    "load",
+    "read_arrays",
+    "read_context",
+    "reading_errors",
+]
 
 DATA_KEYS = ("images", "samples", "x")  # difflab sample writes images (uint8) or samples
 LABEL_KEY = "labels"
+CONTEXT_KEY = "context"
 _CHANNELS = (1, 3, 4)
 _SIGNATURES = {".npy": (b"\x93NUMPY",), ".npz": (b"PK\x03\x04", b"PK\x05\x06")}  # npy, zip
 
@@ -100,11 +111,27 @@ def read_arrays(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray | 
     return data, labels
 
 
+def read_context(path: str | os.PathLike[str]) -> np.ndarray | None:
+    """The "context" array of a .npz file (None for a .npy file or without one), read without
+    pickle."""
+    path = Path(path)
+    if check_signature(path) != ".npz":
+        return None
+    with reading_errors(path), np.load(path, allow_pickle=False) as archive:
+        context = archive[CONTEXT_KEY] if CONTEXT_KEY in archive.files else None
+    if context is not None and context.dtype.kind not in "iuf":
+        raise ValueError(f"{path}: context must be numeric, got dtype {context.dtype}")
+    return context
+
+
 def load(path: str | os.PathLike[str]) -> Dataset:
-    """The samples (and labels) of a .npy / .npz file: uint8 images to [-1, 1], other numbers as given."""
+    """The samples (labels, context) of a .npy / .npz file: uint8 images to [-1, 1], other numbers
+    as given."""
     data, labels = read_arrays(path)
+    context = read_context(path)
     return Dataset(
         _samples(data, Path(path)),
         None if labels is None else torch.from_numpy(labels.astype(np.int64)),
         name=str(path),
+        context=None if context is None else torch.from_numpy(context.astype(np.float32)),
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from difflab.core.tensors import check_finite
 from difflab.utils.pixels import from_uint8, to_uint8
 
 __all__ = ["DATA_ENV", "Dataset", "check_split", "from_uint8", "shared_folder", "to_uint8"]
@@ -24,7 +25,9 @@ _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class Dataset:
-    """Samples x [N, ...] (float32; images in [-1, 1]) with optional class labels [N] (int64).
+    """Samples x [N, ...] (float32; images in [-1, 1]) with optional class labels [N] (int64) and an
+    optional context per sample [N, ...] (float32: an observation, a goal, a context window; what a
+    conditional network takes as ``context=``).
 
     ``num_classes`` is 0 for unlabelled data; ``classes`` optionally names each class index.
     """
@@ -37,12 +40,22 @@ class Dataset:
         num_classes: int | None = None,
         classes: Sequence[str] | None = None,
         name: str = "data",
+        context: Tensor | None = None,
     ) -> None:
         if x.ndim < 2 or x.shape[0] == 0:
             raise ValueError(f"{name}: samples must be [N, ...] with N >= 1, got {tuple(x.shape)}")
         self.name = name
         self.x = x.to(torch.float32)
         self.classes = list(classes) if classes is not None else None
+        self.context = None
+        if context is not None:
+            context = torch.as_tensor(context)
+            if context.ndim < 2 or len(context) != len(x) or not context.is_floating_point():
+                raise ValueError(
+                    f"{name}: {len(x)} samples need a float context [{len(x)}, ...], got "
+                    f"{context.dtype} of shape {tuple(context.shape)}"
+                )
+            self.context = check_finite(context.to(torch.float32), f"{name} context")
         if labels is None:
             self.labels, self.num_classes = None, 0
             return
@@ -83,10 +96,13 @@ class Dataset:
             num_classes=self.num_classes if labels is not None else None,
             classes=self.classes,
             name=self.name,
+            context=None if self.context is None else self.context.to(device),
         )
 
     def __repr__(self) -> str:
         classes = f", {self.num_classes} classes" if self.labels is not None else ""
+        if self.context is not None:
+            classes += f", context {tuple(self.context.shape[1:])}"
         return f"Dataset({self.name!r}, {len(self)} x {self.shape}{classes})"
 
 

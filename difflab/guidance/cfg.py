@@ -1,6 +1,6 @@
 """Classifier-free guidance and composable conditions as denoiser transformations: one network,
-evaluated with and without its class label in one batch (the null label -1 is the unconditional
-model)."""
+evaluated with and without its condition in one batch (the null label -1, or the null context, is
+the unconditional model: :mod:`difflab.core.conditioning`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from difflab.guidance.guided import Branches, Denoiser, guide, label_branches
+from difflab.core.conditioning import NULL_LABEL, null_like
+from difflab.guidance.guided import Branches, Denoiser, condition_branches, guide, label_branches
 from difflab.guidance.rules import Rule
 
 __all__ = ["classifier_free", "composable"]
@@ -20,27 +21,39 @@ def classifier_free(
     denoiser: Denoiser,
     scale: float | Rule,
     sigma_interval: tuple[float, float] | None = None,
-    null_label: int = -1,
+    null_label: int = NULL_LABEL,
+    condition: str | Sequence[str] = "labels",
 ) -> Denoiser:
-    """D_w(x, sigma, labels) = D(x, sigma) + w (D(x, sigma, labels) - D(x, sigma)) with the null
-    label for D(x, sigma) (Ho & Salimans 2022), or any rule of :mod:`difflab.guidance.rules` (rescale, APG,
+    """D_w(x, sigma, c) = D(x, sigma) + w (D(x, sigma, c) - D(x, sigma)) with the null condition for
+    D(x, sigma) (Ho & Salimans 2022), or any rule of :mod:`difflab.guidance.rules` (rescale, APG,
     CFG-Zero*) on that pair; guiding only for sigma inside ``sigma_interval`` when given
-    (Kynkäänniemi et al. 2024). Both evaluations run as one batch of 2B; without labels the
-    denoiser runs unguided."""
+    (Kynkäänniemi et al. 2024). Both evaluations run as one batch of 2B.
 
-    def both(
-        x: Tensor, sigma: Tensor | float, labels: Tensor, **cond: Any
-    ) -> tuple[Tensor, Tensor]:
-        pair = torch.stack([labels, torch.full_like(labels, null_label)], 1)
-        d_cond, d_uncond = label_branches(denoiser, x, sigma, pair, **cond)
+    ``condition`` names the guided condition key(s): "labels" (null: ``null_label``), "context"
+    (null: a NaN row, which difflab networks replace by their learned null context), any key of a
+    float condition, or several keys dropped together. Keys the call leaves out or sets to None are
+    already null; without any of them the denoiser runs unguided."""
+    keys = (condition,) if isinstance(condition, str) else tuple(condition)
+    if not keys:
+        raise ValueError("classifier_free needs at least one condition key to guide")
+
+    def both(x: Tensor, sigma: Tensor | float, **cond: Any) -> tuple[Tensor, Tensor]:
+        branches = {}
+        for key in keys:
+            if cond.get(key) is not None:
+                value = cond.pop(key)
+                branches[key] = torch.stack([value, null_like(value, null_label)])
+        d_cond, d_uncond = condition_branches(denoiser, x, sigma, branches, **cond)
         return d_cond, d_uncond
 
     guided = guide(Branches(denoiser, both), scale, sigma_interval)
 
-    def cfg(x: Tensor, sigma: Tensor | float, labels: Tensor | None = None, **cond: Any) -> Tensor:
-        if labels is None:
-            return denoiser(x, sigma, labels=None, **cond)
-        return guided(x, sigma, labels=labels, **cond)
+    def cfg(x: Tensor, sigma: Tensor | float, **cond: Any) -> Tensor:
+        if "labels" in keys:
+            cond.setdefault("labels", None)
+        if all(cond.get(key) is None for key in keys):
+            return denoiser(x, sigma, **cond)
+        return guided(x, sigma, **cond)
 
     return cfg
 

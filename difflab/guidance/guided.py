@@ -25,7 +25,14 @@ from torch import Tensor
 from difflab.core.tensors import as_tensor, broadcast_sigma
 from difflab.guidance.rules import Rule, as_rule
 
-__all__ = ["Branches", "Denoiser", "check_interval", "guide", "label_branches"]
+__all__ = [
+    "Branches",
+    "Denoiser",
+    "check_interval",
+    "condition_branches",
+    "guide",
+    "label_branches",
+]
 
 Denoiser = Callable[..., Tensor]
 
@@ -101,18 +108,36 @@ def _per_sample(value: Any, batch: int) -> bool:
     return isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == batch
 
 
-def label_branches(
-    denoiser: Denoiser, x: Tensor, sigma: Tensor | float, labels: Tensor, **cond: Any
+def condition_branches(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigma: Tensor | float,
+    branches: dict[str, Tensor],
+    **cond: Any,
 ) -> Tensor:
-    """[K, B, ...]: D(x, sigma, labels[:, k]) for each column k of ``labels`` [B, K], evaluated as one
-    batch of K B (per-sample sigma and conditioning repeated)."""
-    b, k = labels.shape
+    """[K, B, ...]: D(x, sigma, **{key: value[k]}) for each k, ``branches`` mapping condition keys
+    to K values per sample [K, B, ...], evaluated as one batch of K B (per-sample sigma and the
+    other conditions repeated)."""
+    b, k = x.shape[0], next(iter(branches.values())).shape[0]
+    for key, value in branches.items():
+        if value.shape[:2] != (k, b):
+            raise ValueError(
+                f"branches of {key!r} must be [{k}, {b}, ...], got {tuple(value.shape)}"
+            )
     sigma = as_tensor(sigma).to(x.device)
     repeat = lambda v: v.repeat(k, *([1] * (v.ndim - 1)))  # noqa: E731
     out = denoiser(
         repeat(x),
         repeat(sigma) if _per_sample(sigma, b) else sigma,
-        labels=labels.T.reshape(-1),
+        **{n: v.reshape(k * b, *v.shape[2:]) for n, v in branches.items()},
         **{n: repeat(v) if _per_sample(v, b) else v for n, v in cond.items()},
     )
     return out.reshape(k, *x.shape)
+
+
+def label_branches(
+    denoiser: Denoiser, x: Tensor, sigma: Tensor | float, labels: Tensor, **cond: Any
+) -> Tensor:
+    """[K, B, ...]: D(x, sigma, labels[:, k]) for each column k of ``labels`` [B, K], evaluated as one
+    batch of K B (per-sample sigma and conditioning repeated)."""
+    return condition_branches(denoiser, x, sigma, {"labels": labels.T}, **cond)

@@ -20,7 +20,14 @@ from difflab.core.tensors import check_name
 from difflab.guidance.degraded import perturbed
 from difflab.guidance.rules import Rule
 
-__all__ = ["Attention", "attention_layers", "identity_attention", "perturbed_attention", "rotate"]
+__all__ = [
+    "Attention",
+    "CrossAttention",
+    "attention_layers",
+    "identity_attention",
+    "perturbed_attention",
+    "rotate",
+]
 
 
 def rotate(x: Tensor, base: float = 10000.0) -> Tensor:
@@ -63,6 +70,28 @@ class Attention(nn.Module):
         if self.rotary:
             q, k = rotate(q), rotate(k)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class CrossAttention(nn.Module):
+    """softmax(Q K^T / sqrt(d)) V W_o with queries from tokens x [B, N, C] and keys and values from a
+    context sequence [B, M, C_c] (Vaswani et al. 2017; Rombach et al. 2022). Not an
+    :class:`Attention`: perturbed-attention guidance switches self-attention only."""
+
+    def __init__(self, dim: int, context_dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"attention width {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.q, self.kv = nn.Linear(dim, dim), nn.Linear(context_dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        b, n, c = x.shape
+        q = self.q(x).reshape(b, n, self.heads, c // self.heads).transpose(1, 2)
+        kv = self.kv(context).reshape(b, context.shape[1], 2, self.heads, c // self.heads)
+        k, v = kv.permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 

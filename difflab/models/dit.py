@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from difflab.core.tensors import check_name
 from difflab.models.attention import Attention
+from difflab.models.context import context_embedding, given_channels
 from difflab.models.embeddings import ClassEmbedding, TimeEmbedding, conditioning
 from difflab.models.registry import Network, register
 
@@ -72,7 +73,9 @@ class DiT(Network):
 
     ``patch_size`` must divide ``image_size``; ``position_embedding`` is "sincos" (fixed) or
     "learned"; ``num_classes`` > 0 adds a class embedding with a null class (label -1);
-    ``time_embedding`` "positional" suits the DDPM time scale [0, 1000], "fourier" unit scale.
+    ``time_embedding`` "positional" suits the DDPM time scale [0, 1000], "fourier" unit scale;
+    ``context_dim`` > 0 adds a context [B, context_dim] (or [B, context_length, context_dim],
+    flattened) to c, ``given_input`` makes the input [x, m g, m] (:mod:`difflab.models.context`).
     """
 
     def __init__(
@@ -89,6 +92,9 @@ class DiT(Network):
         num_classes: int = 0,
         position_embedding: str = "sincos",
         time_embedding: str = "positional",
+        context_dim: int = 0,
+        context_length: int = 0,
+        given_input: bool = False,
     ) -> None:
         out_channels = out_channels or in_channels
         super().__init__(locals())
@@ -98,7 +104,9 @@ class DiT(Network):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.image_size, self.patch_size, self.num_classes = image_size, patch_size, num_classes
         side = image_size // patch_size
-        self.patchify = nn.Conv2d(in_channels, hidden_size, patch_size, stride=patch_size)
+        self.context_dim, self.given_input = context_dim, given_input
+        cin = in_channels * (3 if given_input else 1)
+        self.patchify = nn.Conv2d(cin, hidden_size, patch_size, stride=patch_size)
         pos = sincos_2d(hidden_size, side)[None]
         if position_embedding == "learned":
             self.pos = nn.Parameter(pos)
@@ -106,6 +114,7 @@ class DiT(Network):
             self.register_buffer("pos", pos, persistent=False)
         self.time_embed = TimeEmbedding(hidden_size, time_embedding, features=256)
         self.class_embed = ClassEmbedding(num_classes, hidden_size) if num_classes > 0 else None
+        self.context_embed = context_embedding(context_dim, context_length, hidden_size)
         self.blocks = nn.ModuleList(DiTBlock(hidden_size, heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.ada = nn.Linear(hidden_size, 2 * hidden_size)
@@ -129,15 +138,26 @@ class DiT(Network):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x: Tensor, time: Tensor, labels: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        time: Tensor,
+        labels: Tensor | None = None,
+        context: Tensor | None = None,
+        mask: Tensor | None = None,
+        given: Tensor | None = None,
+    ) -> Tensor:
         n = self.image_size
         if x.ndim != 4 or x.shape[1:] != (self.in_channels, n, n):
             raise ValueError(
                 f"DiT expects images [B, {self.in_channels}, {n}, {n}], got shape {tuple(x.shape)}"
             )
-        emb = conditioning(self.time_embed, self.class_embed, time, labels, x)
+        emb = conditioning(
+            self.time_embed, self.class_embed, time, labels, x, self.context_embed, context
+        )
         c = F.silu(emb)
-        h = self.patchify(x).flatten(2).transpose(1, 2) + self.pos
+        h = self.patchify(given_channels(x, mask, given, self.given_input, 1))
+        h = h.flatten(2).transpose(1, 2) + self.pos
         for block in self.blocks:
             h = block(h, c)
         shift, scale = self.ada(c).chunk(2, dim=1)

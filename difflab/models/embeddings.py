@@ -1,4 +1,5 @@
-"""Conditioning embeddings shared by every network: the noise-level (time) input and class labels.
+"""Conditioning embeddings shared by every network: the noise-level (time) input and class labels
+(the context and given entries: :mod:`difflab.models.context`).
 
 A class label -1 (or ``labels=None``) is the null class of classifier-free guidance (Ho & Salimans
 2022): it has its own learned row, so one network is both the conditional and the unconditional model.
@@ -11,7 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from difflab.core.tensors import check_name
+from difflab.core.tensors import _check, check_name
 
 __all__ = [
     "TIME_EMBEDDINGS",
@@ -20,6 +21,7 @@ __all__ = [
     "batch_time",
     "class_index",
     "conditioning",
+    "context_term",
     "fourier_features",
     "positional",
 ]
@@ -34,8 +36,8 @@ def positional(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     """
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
-    angles = t.float()[:, None] * freqs[None]
-    return torch.cat([angles.cos(), angles.sin()], dim=1)
+    angles = t.float()[..., None] * freqs
+    return torch.cat([angles.cos(), angles.sin()], dim=-1)
 
 
 def fourier_features(t: Tensor, weight: Tensor) -> Tensor:
@@ -43,18 +45,30 @@ def fourier_features(t: Tensor, weight: Tensor) -> Tensor:
 
     Made for time inputs of unit scale (t in [0, 1], log(sigma) / 4).
     """
-    angles = 2 * math.pi * t.float()[:, None] * weight[None]
-    return torch.cat([angles.cos(), angles.sin()], dim=1)
+    angles = 2 * math.pi * t.float()[..., None] * weight
+    return torch.cat([angles.cos(), angles.sin()], dim=-1)
 
 
-def batch_time(time: Tensor, x: Tensor) -> Tensor:
-    """The time input as one value per sample [B]; a scalar is shared by the batch."""
+def batch_time(time: Tensor, x: Tensor, per_token: bool = False) -> Tensor:
+    """The time input as one value per sample [B] (a scalar is shared by the batch) or, for a
+    network that takes one (``per_token``), one value per token [B, T] of a sequence x [B, T, D].
+    A network without per-token time takes [B, T] whose tokens all share the value as [B]."""
     time = torch.as_tensor(time, device=x.device)
     if time.ndim == 0:
         return time.expand(x.shape[0])
+    if time.ndim == 2 and x.ndim >= 2 and time.shape == x.shape[:2]:
+        if per_token:
+            return time
+        _check(
+            time == time[:, :1],
+            f"this network takes one time per sample [{x.shape[0]}]; got one per token of shape "
+            f"{tuple(time.shape)} that differ within a sample (use a sequence network)",
+        )
+        return time[:, 0]
     if time.shape != (x.shape[0],):
+        tokens = f" or one per token ({x.shape[0]}, {x.shape[1]})" if per_token else ""
         raise ValueError(
-            f"time must be a scalar or one value per sample of shape ({x.shape[0]},), "
+            f"time must be a scalar or one value per sample of shape ({x.shape[0]},){tokens}, "
             f"got shape {tuple(time.shape)}"
         )
     return time
@@ -113,14 +127,29 @@ def conditioning(
     time: Tensor,
     labels: Tensor | None,
     x: Tensor,
+    context_embed: nn.Module | None = None,
+    context: Tensor | None = None,
 ) -> Tensor:
-    """e = e_t(t) + e_y(y): the time embedding plus the class embedding (labels are still checked,
-    and must be -1 or None, on an unconditional network)."""
+    """e = e_t(t) + e_y(y) + e_c(c): the time embedding plus the class embedding plus the context
+    embedding (:class:`difflab.models.context.ContextEmbedding`) when the network takes a context
+    (labels are still checked, and must be -1 or None, on an unconditional network)."""
     emb = time_embed(batch_time(time, x))
     if class_embed is None:
         class_index(labels, 0, x.shape[0], x.device)
-        return emb
-    return emb + class_embed(labels, x.shape[0], x.device)
+    else:
+        emb = emb + class_embed(labels, x.shape[0], x.device)
+    e_c = context_term(context_embed, context, x.shape[0])
+    return emb if e_c is None else emb + e_c
+
+
+def context_term(embed: nn.Module | None, context: Tensor | None, batch: int) -> Tensor | None:
+    """The context embedding e_c [B, width], or None for a network without a context (which
+    refuses one)."""
+    if embed is None:
+        if context is not None:
+            raise ValueError("this network takes no context (build it with context_dim > 0)")
+        return None
+    return embed(context, batch)
 
 
 class ClassEmbedding(nn.Module):

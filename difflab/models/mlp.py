@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from difflab.models.context import context_embedding, given_channels
 from difflab.models.embeddings import ClassEmbedding, TimeEmbedding, conditioning
 from difflab.models.registry import Network, register
 
@@ -36,7 +37,9 @@ class MLP(Network):
 
     ``time_embedding`` "fourier" (features N(0, fourier_scale^2)) suits unit-scale time inputs
     (t in [0, 1], log(sigma) / 4), "positional" the DDPM scale [0, 1000]; ``num_classes`` > 0 adds a
-    class embedding with a null class (label -1).
+    class embedding with a null class (label -1); ``context_dim`` > 0 a context [B, context_dim]
+    (or [B, context_length, context_dim], flattened) added to the time embedding; ``given_input``
+    the input [x, m g, m] of given entries (:mod:`difflab.models.context`).
     """
 
     def __init__(
@@ -48,24 +51,39 @@ class MLP(Network):
         num_classes: int = 0,
         time_embedding: str = "fourier",
         fourier_scale: float = 16.0,
+        context_dim: int = 0,
+        context_length: int = 0,
+        given_input: bool = False,
     ) -> None:
         super().__init__(locals())
         self.dim, self.width, self.num_classes = dim, width, num_classes
+        self.context_dim, self.given_input = context_dim, given_input
         self.time_embed = TimeEmbedding(width, time_embedding, fourier_scale=fourier_scale)
         self.class_embed = ClassEmbedding(num_classes, width) if num_classes > 0 else None
+        self.context_embed = context_embedding(context_dim, context_length, width)
         self.cond = nn.Linear(width, depth * width)
-        self.input = nn.Linear(dim, width)
+        self.input = nn.Linear(3 * dim if given_input else dim, width)
         self.blocks = nn.ModuleList(ResidualBlock(width) for _ in range(depth))
         self.norm, self.out = nn.LayerNorm(width), nn.Linear(width, dim)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x: Tensor, time: Tensor, labels: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        time: Tensor,
+        labels: Tensor | None = None,
+        context: Tensor | None = None,
+        mask: Tensor | None = None,
+        given: Tensor | None = None,
+    ) -> Tensor:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"MLP expects vectors [B, {self.dim}], got shape {tuple(x.shape)}")
-        emb = conditioning(self.time_embed, self.class_embed, time, labels, x)
+        emb = conditioning(
+            self.time_embed, self.class_embed, time, labels, x, self.context_embed, context
+        )
         cond = self.cond(F.silu(emb)).split(self.width, dim=1)
-        h = self.input(x)
+        h = self.input(given_channels(x, mask, given, self.given_input, -1))
         for block, c in zip(self.blocks, cond):
             h = block(h, c)
         return self.out(F.silu(self.norm(h))).to(x.dtype)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from difflab.models.attention import Attention
+from difflab.models.context import context_embedding, given_channels
 from difflab.models.embeddings import ClassEmbedding, TimeEmbedding, conditioning
 from difflab.models.registry import Network, register
 
@@ -117,6 +118,9 @@ class UNet(Network):
     residual block, ``head_channels`` the width of one attention head, ``num_classes`` > 0 adds a
     class embedding with a null class (label -1). ``time_embedding`` "positional" suits time inputs
     on the DDPM scale [0, 1000], "fourier" unit-scale inputs (t in [0, 1], log(sigma) / 4).
+    ``context_dim`` > 0 adds a context [B, context_dim] (or [B, context_length, context_dim],
+    flattened) to the time embedding; ``given_input`` makes the input [x, m g, m] (given pixels and
+    their mask, the inpainting UNet's input; :mod:`difflab.models.context`).
     """
 
     def __init__(
@@ -134,6 +138,9 @@ class UNet(Network):
         dropout: float = 0.0,
         num_classes: int = 0,
         time_embedding: str = "positional",
+        context_dim: int = 0,
+        context_length: int = 0,
+        given_input: bool = False,
     ) -> None:
         out_channels = out_channels or in_channels
         super().__init__(locals())
@@ -154,6 +161,8 @@ class UNet(Network):
         emb_dim = 4 * channels
         self.time_embed = TimeEmbedding(emb_dim, time_embedding, features=channels)
         self.class_embed = ClassEmbedding(num_classes, emb_dim) if num_classes > 0 else None
+        self.context_embed = context_embedding(context_dim, context_length, emb_dim)
+        self.context_dim, self.given_input = context_dim, given_input
 
         def heads(c: int) -> int:
             return max(1, c // head_channels)
@@ -164,7 +173,7 @@ class UNet(Network):
                 layers.append(AttentionBlock(cout, heads(cout)))
             return Block(*layers)
 
-        self.input = nn.Conv2d(in_channels, channels, 3, padding=1)
+        self.input = nn.Conv2d(in_channels * (3 if given_input else 1), channels, 3, padding=1)
         skips, ch = [channels], channels
         self.down = nn.ModuleList()
         for level, mult in enumerate(channel_mult):
@@ -191,7 +200,15 @@ class UNet(Network):
             group_norm(ch), nn.SiLU(), _zero(nn.Conv2d(ch, out_channels, 3, padding=1))
         )
 
-    def forward(self, x: Tensor, time: Tensor, labels: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        time: Tensor,
+        labels: Tensor | None = None,
+        context: Tensor | None = None,
+        mask: Tensor | None = None,
+        given: Tensor | None = None,
+    ) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"UNet expects images [B, {self.in_channels}, H, W], got shape {tuple(x.shape)}"
@@ -202,9 +219,11 @@ class UNet(Network):
                 f"image sides must be divisible by {factor} for {self.levels} resolution levels, "
                 f"got {tuple(x.shape[-2:])}"
             )
-        emb = conditioning(self.time_embed, self.class_embed, time, labels, x)
+        emb = conditioning(
+            self.time_embed, self.class_embed, time, labels, x, self.context_embed, context
+        )
         emb = F.silu(emb)
-        h = self.input(x)
+        h = self.input(given_channels(x, mask, given, self.given_input, 1))
         skips = [h]
         for block in self.down:
             h = block(h, emb)

@@ -15,6 +15,7 @@ At sigma = inf, x holds the unit noise (DESIGN.md's convention) and the denoiser
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +27,12 @@ from difflab.core.tensors import as_tensor, check_nonnegative
 __all__ = ["FlowSolution", "GaussianMixture", "gaussian", "random_mixture", "ring2d", "stiff"]
 
 _LOG_2PI = math.log(2 * math.pi)
+
+
+def _per_sample(sigma: Tensor | float) -> Tensor:
+    """A noise level as a scalar or one per sample [B] (a per-sample sigma [B, 1, ...] squeezed)."""
+    s = as_tensor(sigma, torch.float64)
+    return s.reshape(s.shape[0]) if s.ndim > 1 else s
 
 
 def _mix(log_r: Tensor, per_component: Tensor) -> Tensor:
@@ -47,6 +54,11 @@ class GaussianMixture:
 
     ``covs`` is [K, d, d] (full), [K, d] (diagonal variances) or a float (isotropic variance).
     ``labels`` optionally assigns a class to each component (for conditional models).
+
+    A batch of B mixtures that share their covariances has means [B, K, d] and weights [K] or
+    [B, K] (the conditional mixtures of :meth:`conditional`, one per conditioning value): its
+    denoiser, score and density take x [B, d], row b under mixture b, and :meth:`sample` draws one
+    sample per mixture; :meth:`mixture` is mixture b alone.
     """
 
     def __init__(
@@ -57,12 +69,18 @@ class GaussianMixture:
         labels: Tensor | None = None,
     ) -> None:
         means = as_tensor(means, torch.float64)
-        if means.ndim != 2:
-            raise ValueError(f"means must be [K, d], got shape {tuple(means.shape)}")
-        k, d = means.shape
+        if means.ndim not in (2, 3):
+            raise ValueError(f"means must be [K, d] or [B, K, d], got shape {tuple(means.shape)}")
+        k, d = means.shape[-2:]
         weights = as_tensor(weights, torch.float64)
-        if weights.shape != (k,) or bool((weights < 0).any()) or float(weights.sum()) <= 0:
-            raise ValueError(f"weights must be {k} non-negative numbers with a positive sum")
+        shapes = [(k,)] if means.ndim == 2 else [(k,), (means.shape[0], k)]
+        if (
+            weights.shape not in shapes
+            or bool((weights < 0).any())
+            or bool((weights.sum(-1) <= 0).any())
+        ):
+            rows = " or ".join("x".join(map(str, shape)) for shape in shapes)
+            raise ValueError(f"weights must be {rows} non-negative numbers with a positive sum")
         covs = as_tensor(covs, torch.float64)
         if covs.ndim == 0:
             covs = covs.expand(k, d)
@@ -76,7 +94,9 @@ class GaussianMixture:
             raise ValueError(f"covs must be a float, [K, d] or [K, d, d] with K={k}, d={d}")
         if not bool((self.variances > 0).all()):
             raise ValueError("covariances must be positive definite")
-        self.weights = weights / weights.sum()
+        self.weights = (
+            weights / weights.sum() if weights.ndim == 1 else weights / weights.sum(-1)[:, None]
+        )
         self.means = means
         self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long)
         if self.labels is not None and self.labels.shape != (k,):
@@ -85,11 +105,30 @@ class GaussianMixture:
     # ------------------------------------------------------------------ structure
     @property
     def dim(self) -> int:
-        return self.means.shape[1]
+        return self.means.shape[-1]
 
     @property
     def num_components(self) -> int:
-        return self.means.shape[0]
+        return self.means.shape[-2]
+
+    @property
+    def batch(self) -> int | None:
+        """B for a batch of mixtures (means [B, K, d]), None for one mixture."""
+        return self.means.shape[0] if self.means.ndim == 3 else None
+
+    def _single(self, what: str) -> None:
+        if self.batch is not None:
+            raise ValueError(
+                f"{what} needs one mixture, this is a batch of {self.batch}: take .mixture(b)"
+            )
+
+    def mixture(self, b: int) -> GaussianMixture:
+        """Mixture b of a batch of mixtures, alone."""
+        if self.batch is None:
+            raise ValueError("this is one mixture, not a batch")
+        weights = self.weights if self.weights.ndim == 1 else self.weights[b]
+        covs = self.variances if self.basis is None else self.covariances
+        return GaussianMixture(weights, self.means[b], covs, self.labels)
 
     @property
     def covariances(self) -> Tensor:
@@ -100,7 +139,10 @@ class GaussianMixture:
 
     @property
     def mean(self) -> Tensor:
-        return self.weights @ self.means
+        """sum_k w_k m_k ([d], or [B, d] for a batch of mixtures)."""
+        if self.batch is None:
+            return self.weights @ self.means
+        return (self.weights[..., None] * self.means).sum(-2)
 
     def _rotate(self, v: Tensor) -> Tensor:
         """U_k^T v for v [B, K, d]."""
@@ -116,8 +158,9 @@ class GaussianMixture:
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(z [B,K,d], v = lam + sigma^2 [B,K,d], log responsibilities [B,K], log p [B]) at x,
         under the mixture's weights or softmax(``log_weights``) ([K] or one row per sample)."""
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"x must be [B, {self.dim}], got shape {tuple(x.shape)}")
+        if x.ndim != 2 or x.shape[1] != self.dim or self.batch not in (None, x.shape[0]):
+            rows = "B" if self.batch is None else f"{self.batch} (one per mixture)"
+            raise ValueError(f"x must be [{rows}, {self.dim}], got shape {tuple(x.shape)}")
         x = x.double()
         s = check_nonnegative(as_tensor(sigma, torch.float64).to(x.device))
         if s.ndim > 1 or (s.ndim == 1 and s.shape[0] not in (1, x.shape[0])):
@@ -198,13 +241,24 @@ class GaussianMixture:
     def sample(
         self, n: int, generator: torch.Generator | None = None, return_components: bool = False
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """Exact samples x0 ~ p (float64)."""
-        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        """Exact samples x0 ~ p (float64); for a batch of mixtures n must be B, sample b drawn from
+        mixture b."""
+        if self.batch is None:
+            k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+            means = self.means[k]
+        else:
+            if n != self.batch:
+                raise ValueError(
+                    f"a batch of {self.batch} mixtures draws {self.batch} samples, not {n}"
+                )
+            weights = self.weights.expand(n, self.num_components)
+            k = torch.multinomial(weights, 1, generator=generator)[:, 0]
+            means = self.means[torch.arange(n), k]
         white = torch.randn(n, self.dim, dtype=torch.float64, generator=generator)
         white = white * self.variances[k].sqrt()
         if self.basis is not None:
             white = (self.basis[k] @ white.unsqueeze(-1)).squeeze(-1)
-        x = self.means[k] + white
+        x = means + white
         return (x, k) if return_components else x
 
     # ------------------------------------------------------------------ the probability-flow ODE
@@ -273,6 +327,7 @@ class GaussianMixture:
         Component k: S = A C A^T + Sn, G = C A^T S^-1, mean m + G (y - A m), cov C - G A C, weight
         w N(y; A m, S).
         """
+        self._single("posterior")
         A = as_tensor(A, torch.float64)
         y = as_tensor(y, torch.float64)
         if A.ndim != 2 or A.shape[1] != self.dim or y.shape != (A.shape[0],):
@@ -298,6 +353,7 @@ class GaussianMixture:
 
     def condition(self, label: int) -> GaussianMixture:
         """The mixture of the components of one class, p(x0 | label)."""
+        self._single("condition")
         if self.labels is None:
             raise ValueError("this mixture has no component labels")
         keep = self.labels == label
@@ -307,6 +363,94 @@ class GaussianMixture:
             )
         covs = self.variances[keep] if self.basis is None else self.covariances[keep]
         return GaussianMixture(self.weights[keep], self.means[keep], covs, self.labels[keep])
+
+    def _split(self, indices: Sequence[int] | Tensor) -> tuple[Tensor, Tensor]:
+        """(given, rest): the validated coordinates ``indices`` and the others, in increasing order."""
+        idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+        if (
+            len(idx) == 0
+            or len(idx) >= self.dim
+            or len(set(idx.tolist())) < len(idx)
+            or bool(((idx < 0) | (idx >= self.dim)).any())
+        ):
+            raise ValueError(
+                f"indices must be distinct coordinates in [0, {self.dim - 1}], at least one and "
+                f"fewer than {self.dim}, got {idx.tolist()}"
+            )
+        rest = torch.ones(self.dim, dtype=torch.bool)
+        rest[idx] = False
+        return idx, rest.nonzero()[:, 0]
+
+    def conditional(self, indices: Sequence[int] | Tensor, values: Tensor) -> GaussianMixture:
+        """p(x0[rest] | x0[indices] = values), exact: component k has mean m_r + C_rg C_gg^-1 (v - m_g),
+        covariance C_rr - C_rg C_gg^-1 C_gr (the Schur complement, independent of v) and weight
+        proportional to w_k N(v; m_g, C_gg) (Bishop 2006, secs. 2.3.1 and 2.3.9); rest = the other
+        coordinates in increasing order. ``values`` [m] (in the order of ``indices``) gives one
+        mixture, [B, m] a batch of B mixtures, one per row."""
+        self._single("conditional")
+        g, r = self._split(indices)
+        values = as_tensor(values, torch.float64)
+        if values.shape[-1:] != (len(g),) or values.ndim not in (1, 2):
+            raise ValueError(
+                f"values must be [{len(g)}] or [B, {len(g)}] (one per index), got "
+                f"{tuple(values.shape)}"
+            )
+        batch = values.reshape(-1, len(g))
+        cov = self.covariances
+        c_gg, c_rg, c_rr = cov[:, g][:, :, g], cov[:, r][:, :, g], cov[:, r][:, :, r]
+        chol = torch.linalg.cholesky(c_gg)
+        gain = torch.cholesky_solve(c_rg.mT, chol).mT  # C_rg C_gg^-1 [K, r, m]
+        schur = c_rr - gain @ c_rg.mT
+        resid = batch[:, None, :] - self.means[:, g]  # [B, K, m]
+        means = self.means[:, r] + (gain @ resid[..., None])[..., 0]
+        maha = (torch.cholesky_solve(resid[..., None], chol)[..., 0] * resid).sum(-1)
+        logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+        log_w = torch.log(self.weights) - 0.5 * (maha + logdet + len(g) * _LOG_2PI)
+        weights = torch.softmax(log_w, -1)
+        if values.ndim == 1:
+            weights, means = weights[0], means[0]
+        return GaussianMixture(weights, means, (schur + schur.mT) / 2, self.labels)
+
+    def context_denoiser(self, indices: Sequence[int] | Tensor) -> Callable[..., Tensor]:
+        """D(x, sigma, context) = E[x0[rest] | x, x0[indices] = context], the exact denoiser of the
+        conditional model p(a | o) (:meth:`conditional`, one mixture per sample): x holds the other
+        coordinates in increasing order ([B, ...], flattened per sample, e.g. a sequence [B, T, D]
+        row-major), context the given ones in the order of ``indices`` ([B, ...] likewise)."""
+        self._split(indices)
+
+        def denoise(x: Tensor, sigma: Tensor | float, context: Tensor) -> Tensor:
+            flat = self.conditional(indices, context.reshape(context.shape[0], -1))
+            return flat.denoise(x.reshape(x.shape[0], -1), _per_sample(sigma)).reshape(x.shape)
+
+        return denoise
+
+    def denoise_given(
+        self, x: Tensor, sigma: Tensor | float, mask: Tensor, given: Tensor
+    ) -> Tensor:
+        """E[x0 | x, x0[m] = g] per sample: g on its given entries (mask 1) and, on the others, the
+        denoiser of :meth:`conditional` on the given values at x there; masks may differ across
+        samples (CSDI's observed entries, Tashiro et al. 2021). x, mask and given are [B, d]."""
+        if mask.shape != x.shape or given.shape != x.shape:
+            raise ValueError(
+                f"mask and given must have x's shape {tuple(x.shape)}, got {tuple(mask.shape)} "
+                f"and {tuple(given.shape)}"
+            )
+        s = _per_sample(sigma).to(x.device)
+        s = s.expand(x.shape[0]) if s.ndim == 0 else s
+        m = mask.bool()
+        out = torch.where(m, given.double(), x.double())
+        patterns, which = torch.unique(m, dim=0, return_inverse=True)
+        for j, pattern in enumerate(patterns):
+            rows = which == j
+            g, r = pattern.nonzero()[:, 0], (~pattern).nonzero()[:, 0]
+            if len(r) == 0:
+                continue
+            if len(g) == 0:
+                out[rows] = self.denoise(x[rows], s[rows]).double()
+                continue
+            part = self.conditional(g, given[rows][:, g])
+            out[rows.nonzero(), r] = part.denoise(x[rows][:, r], s[rows]).double()
+        return out.to(x.dtype)
 
 
 # ---------------------------------------------------------------------- ready-made mixtures

@@ -35,10 +35,27 @@ __all__ = ["Denoising", "diffusion_model_config"]
 
 
 def _for_network(data: Dataset, net: nn.Module) -> Dataset:
-    """The data set as the network sees it: without labels for an unconditional network."""
+    """The data set as the network sees it: without labels for an unconditional network, without a
+    context for a network that takes none."""
+    context_dim = int(getattr(net, "context_dim", 0))
+    if context_dim and data.context is None:
+        raise ValueError(
+            f"the network takes a context (context_dim={context_dim}) but data set {data.name!r} "
+            "has none: set model.context_dim = 0"
+        )
+    if not context_dim and data.context is not None:
+        data = Dataset(
+            data.x,
+            data.labels,
+            num_classes=data.num_classes if data.labels is not None else None,
+            classes=data.classes,
+            name=data.name,
+        )
     classes = int(getattr(net, "num_classes", 0))
     if classes == 0:
-        return data if data.labels is None else Dataset(data.x, name=data.name)
+        return (
+            data if data.labels is None else Dataset(data.x, name=data.name, context=data.context)
+        )
     if data.labels is None:
         raise ValueError(
             f"the network is class-conditional (num_classes={classes}) but data set {data.name!r} "
@@ -50,6 +67,14 @@ def _for_network(data: Dataset, net: nn.Module) -> Dataset:
             f"{classes} (model.num_classes)"
         )
     return data
+
+
+def _conditions(
+    labels: Tensor | None, context: Tensor | None, rows: Tensor | slice, device: torch.device
+) -> dict[str, Tensor]:
+    """The network's conditions of the given rows: labels and context where the data has them."""
+    cond = {} if labels is None else {"labels": labels[rows].to(device)}
+    return cond if context is None else cond | {"context": context[rows].to(device)}
 
 
 def _objective(config: dict[str, Any]) -> Objective:
@@ -120,13 +145,15 @@ class Denoising(Task):
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def batch(self, size: int, generator: torch.Generator) -> tuple[Tensor, Draw]:
-        x0, labels = self.data[self.order.next(size)]
-        return x0, self.objective.draw(x0, labels, generator)
+        idx = self.order.next(size)
+        x0, labels = self.data[idx]
+        context = None if self.data.context is None else self.data.context[idx]
+        return x0, self.objective.draw(x0, labels, generator, context)
 
     def losses(self, network: nn.Module, batch: tuple[Tensor, Draw], rows: Tensor) -> Tensor:
         x0, draw = batch
         device = self.trainer.device
-        cond = {} if draw.labels is None else {"labels": draw.labels[rows].to(device)}
+        cond = _conditions(draw.labels, draw.context, rows, device)
         return denoising_loss(
             self.objective.denoiser(network),
             self._to_device(x0[rows]),
@@ -166,8 +193,9 @@ class Denoising(Task):
         for i in range(run["val_batches"]):
             idx = torch.arange(i * batch, (i + 1) * batch) % len(self.val_data)
             x0, labels = self.val_data[idx]
+            context = None if self.val_data.context is None else self.val_data.context[idx]
             draw = self.objective.draw(x0, labels, generator)
-            cond = {} if labels is None else {"labels": labels.to(device)}
+            cond = _conditions(labels, context, slice(None), device)
             with self.trainer.autocast_context():
                 loss = denoising_loss(
                     den,

@@ -46,6 +46,7 @@ __all__ = [
     "Draw",
     "Objective",
     "denoising_loss",
+    "drop_context",
     "drop_labels",
     "immiscible_assignment",
     "network_output",
@@ -92,6 +93,18 @@ def denoising_loss(
     return (weight * error.square()).reshape(x0.shape[0], -1).mean(1)
 
 
+def drop_context(context: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
+    """Each sample's context replaced by the null context (a row of NaN, which difflab networks
+    replace by their learned null) with probability p: classifier-free guidance on a context (Ho &
+    Salimans 2022)."""
+    if not 0 <= p <= 1:
+        raise ValueError(f"context dropout must be a probability in [0, 1], got {p}")
+    device = generator.device if generator is not None else context.device
+    u = torch.rand(context.shape[:1], generator=generator, dtype=torch.float64, device=device)
+    drop = (u.to(context.device) < p).reshape(-1, *([1] * (context.ndim - 1)))
+    return torch.where(drop, math.nan, context)
+
+
 def drop_labels(labels: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
     """Each label replaced by -1 (the null class) with probability p: classifier-free guidance
     training (Ho & Salimans 2022)."""
@@ -123,16 +136,18 @@ def immiscible_assignment(x0: Tensor, eps: Tensor) -> Tensor:
 
 
 class Draw(NamedTuple):
-    """One batch's random draws: noise levels sigma_ve [B], unit noise like x0, (dropped) labels."""
+    """One batch's random draws: noise levels sigma_ve [B], unit noise like x0, (dropped) labels and
+    (dropped) context."""
 
     sigma: Tensor
     eps: Tensor
     labels: Tensor | None
+    context: Tensor | None = None
 
 
 class Objective:
-    """A training objective: prediction type, loss weighting, noise-level distribution, label dropout
-    and immiscible noise assignment, in the sigma_ve convention of DESIGN.md.
+    """A training objective: prediction type, loss weighting, noise-level distribution, label and
+    context dropout and immiscible noise assignment, in the sigma_ve convention of DESIGN.md.
 
     ``Objective(process, prediction="v", weighting="min_snr", noise_levels="uniform_t", gamma=5)``;
     ``options`` are the weighting's (``gamma``, ``sigma_data``), the noise levels' (``t_min``,
@@ -151,11 +166,13 @@ class Objective:
         immiscible: bool = False,
         time_input: str = "t",
         stratified: bool = False,
+        context_dropout: float = 0.0,
         **options: Any,
     ) -> None:
         check_name("prediction type", prediction, PREDICTIONS)
-        if not 0 <= label_dropout <= 1:
-            raise ValueError(f"label_dropout must be a probability in [0, 1], got {label_dropout}")
+        for name, p in (("label_dropout", label_dropout), ("context_dropout", context_dropout)):
+            if not 0 <= p <= 1:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
         weighting_options = Weighting.options_of(weighting)
         level_options = NoiseLevels.options_of(noise_levels)
         precond_options = {"sigma_data": 0.5} if prediction == "edm" else {}
@@ -176,6 +193,7 @@ class Objective:
         self.process = self.parameterization.process
         self.prediction, self.time_input = prediction, time_input
         self.label_dropout, self.immiscible = float(label_dropout), bool(immiscible)
+        self.context_dropout = float(context_dropout)
         self.weighting = Weighting(
             weighting, **{k: v for k, v in options.items() if k in weighting_options}
         )
@@ -214,9 +232,11 @@ class Objective:
         x0: Tensor,
         labels: Tensor | None = None,
         generator: torch.Generator | None = None,
+        context: Tensor | None = None,
     ) -> Draw:
         """sigma ~ the noise levels, eps ~ N(0, I) (assigned to x0 when immiscible), labels dropped
-        with probability label_dropout; drawn in this order from ``generator``."""
+        with probability label_dropout, the context with probability context_dropout; drawn in this
+        order from ``generator``."""
         if x0.ndim < 1:
             raise ValueError("x0 must have a batch dimension [B, ...]")
         device = generator.device if generator is not None else x0.device
@@ -227,7 +247,9 @@ class Objective:
             eps = eps[immiscible_assignment(x0, eps)]
         if labels is not None and self.label_dropout > 0:
             labels = drop_labels(labels, self.label_dropout, generator)
-        return Draw(sigma, eps, labels)
+        if context is not None and self.context_dropout > 0:
+            context = drop_context(context, self.context_dropout, generator)
+        return Draw(sigma, eps, labels, context)
 
     def loss(
         self,
@@ -239,11 +261,14 @@ class Objective:
     ) -> tuple[Tensor, Tensor]:
         """(mean loss, per-sample losses [B]) for one batch; ``net`` is a raw network (wrapped by
         :meth:`denoiser`) or a difflab Denoiser / EDMPrecond used as it is. Labels go to the network
-        as ``labels=`` (after dropout); other keyword arguments pass through."""
+        as ``labels=`` and a ``context`` keyword as ``context=`` (after dropout); other keyword
+        arguments pass through."""
         den = net if isinstance(net, (Denoiser, EDMPrecond)) else self.denoiser(net)
-        draw = self.draw(x0, labels, generator)
+        draw = self.draw(x0, labels, generator, cond.pop("context", None))
         if draw.labels is not None:
             cond = {**cond, "labels": draw.labels}
+        if draw.context is not None:
+            cond = {**cond, "context": draw.context}
         per_sample = denoising_loss(den, x0, draw.eps, draw.sigma, self.weighting, **cond)
         return per_sample.mean(), per_sample
 
@@ -259,6 +284,7 @@ class Objective:
             "weighting": self.weighting.name,
             "noise_levels": self.noise_levels.name,
             "label_dropout": self.label_dropout,
+            "context_dropout": self.context_dropout,
             "immiscible": self.immiscible,
             "time_input": self.time_input,
             "stratified": self.noise_levels.stratified,
