@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from difflab.core.tensors import as_tensor, check_finite, check_name, unknown_name
-from difflab.sampling.noise import randn
+from difflab.sampling.noise import NOISES, noise_source
 
 __all__ = [
     "Callback",
@@ -32,6 +32,7 @@ __all__ = [
     "available",
     "get",
     "info",
+    "noise_source",
     "register",
     "steps_within",
     "validate",
@@ -109,6 +110,7 @@ class SamplerInfo:
     nfe_of_steps: Callable[..., int]
     summary: str
     adaptive: bool = False  # step count chosen at run time; the NFE is reported in ``stats``
+    noises: tuple[str, ...] = ("gaussian",)  # noise sources (stochastic samplers), default first
 
     def nfe(self, steps: int, infinite_start: bool = False, **options: Any) -> int:
         """Denoiser evaluations for a grid of ``steps`` intervals (ending in 0). ``options``: the
@@ -185,12 +187,19 @@ def register(
     stochastic: bool = False,
     adaptive: bool = False,
     aliases: Sequence[str] = (),
+    noises: Sequence[str] = ("gaussian",),
 ) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
     """Register ``body(grid, x, *, noise, **options)`` as the public sampler ``name``.
 
-    ``noise()`` draws a standard normal tensor like x from the caller's generator(s) (stochastic
-    samplers only). ``nfe(n)`` is the exact denoiser-evaluation count for n intervals.
+    ``noise(sigma, sigma_next)`` is a standard normal tensor like x for that interval, from the
+    caller's generator(s) (stochastic samplers only; :mod:`difflab.sampling.noise`). ``noises``: the
+    sources the sampler can take, its default first; with more than one, the public option
+    ``noise="brownian"`` (or "gaussian") chooses. ``nfe(n)`` is the exact denoiser-evaluation count
+    for n intervals.
     """
+    unknown = set(noises) - set(NOISES)
+    if unknown or not noises:
+        raise ValueError(f"{name}: noises must be some of {', '.join(NOISES)}, got {noises}")
 
     def wrap(body: Callable[..., Tensor]) -> Callable[..., Tensor]:
         accepted = {
@@ -198,6 +207,8 @@ def register(
             for p in inspect.signature(body).parameters.values()
             if p.kind == p.KEYWORD_ONLY and p.name != "noise"
         }
+        if stochastic and len(noises) > 1:
+            accepted.add("noise")
 
         def sampler(
             denoiser: DenoiserFn,
@@ -212,6 +223,9 @@ def register(
             unknown = set(options) - accepted
             if unknown:
                 raise unknown_name(f"option for sampler {name!r}", sorted(unknown)[0], accepted)
+            kind = options.pop("noise", noises[0])
+            if kind not in noises:
+                raise ValueError(f"{name}: unknown noise {kind!r}; valid: {', '.join(noises)}")
             s = validate(x, sigmas)
             offset = 0
             if math.isinf(s[0]):  # zero terminal SNR: x is the unit noise; see the module docstring
@@ -221,14 +235,14 @@ def register(
                 if len(s) == 1:
                     return x
             grid = SamplerGrid(denoiser, x, s, cond, callback, offset)
-            extra = {"noise": noise_source(x, generator)} if stochastic else {}
+            extra = {"noise": noise_source(x, generator, kind)} if stochastic else {}
             return body(grid, x, **extra, **options)
 
         sampler.__name__ = sampler.__qualname__ = name
         sampler.__doc__ = body.__doc__
         sampler.__module__ = body.__module__
         summary = (body.__doc__ or name).strip().splitlines()[0]
-        entry = SamplerInfo(name, sampler, order, stochastic, nfe, summary, adaptive)
+        entry = SamplerInfo(name, sampler, order, stochastic, nfe, summary, adaptive, tuple(noises))
         for key in (name, *aliases):
             if key in _REGISTRY:
                 raise ValueError(f"sampler name {key!r} registered twice")
@@ -236,17 +250,6 @@ def register(
         return sampler
 
     return wrap
-
-
-def noise_source(
-    x: Tensor, generator: torch.Generator | Sequence[torch.Generator] | None
-) -> Callable[[], Tensor]:
-    """Standard normal draws like x, from one generator or one per sample (see sampling.noise)."""
-    if generator is None:
-        return lambda: torch.randn_like(x)
-    if not isinstance(generator, torch.Generator) and len(generator) != x.shape[0]:
-        raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
-    return lambda: randn(x.shape, generator, x.dtype, x.device)
 
 
 def available() -> list[str]:

@@ -3,8 +3,11 @@
 from difflab.sampling.samplers import (  # noqa: F401
     adaptive,
     consistency,
+    euler_variants,
     exponential,
     multistep,
     ode,
+    res,
+    singlestep_sde,
     stochastic,
 )

@@ -32,6 +32,7 @@ from functools import partial
 
 from torch import Tensor
 
+from difflab.sampling.noise import NOISES
 from difflab.sampling.registry import SamplerGrid, register
 from difflab.sampling.samplers.stochastic import ancestral_split
 from difflab.sampling.steps import (
@@ -163,7 +164,7 @@ def _singlestep(
         down, up = ancestral_split(s, nxt, eta)
         x = step(grid, x, denoised, s, down, i)
         if noise is not None and up * s_noise > 0:
-            x = x + (s_noise * up) * noise()
+            x = x + (s_noise * up) * noise(s, nxt)
     return x
 
 
@@ -178,10 +179,13 @@ def _multistep(
     noise: Noise | None = None,
     solver_type: str = "heun",
     variant: str = "taylor",
+    ancestral: bool = False,
 ) -> Tensor:
     """DPM-Solver++ multistep of ``order`` 2 or 3 in data prediction, deterministic (eta = 0) or the
     SDE of the module docstring: D(lambda + u) is the polynomial through the last ``order`` D's,
-    integrated exactly. Start-up: order 1, then 2, then ``order``; the noise (eta > 0) is i.i.d.
+    integrated exactly. Start-up: order 1, then 2, then ``order``; the noise (eta > 0) is
+    ``noise(s, s')``. ``ancestral``: the ODE integral to sigma_down, then sigma_up z
+    (:func:`~difflab.sampling.samplers.stochastic.ancestral_split`, eta in [0, 1]) instead of the SDE.
 
     Second-order term: "heun" phi2 h D' (the exact integral of the linear interpolant) or "midpoint"
     phi1 h D' / 2 (DPM-Solver++(2M), Lu et al. 2022b, Alg. 2). Third-order term: ``variant``
@@ -193,8 +197,8 @@ def _multistep(
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
     check_final(final)
-    _check_eta(eta, s_noise, ancestral=False)
-    table = _multistep_table(tuple(grid.sigmas), order, eta, solver_type, variant)
+    _check_eta(eta, s_noise, ancestral)
+    table = _multistep_table(tuple(grid.sigmas), order, eta, solver_type, variant, ancestral)
     hist: list[Tensor] = []  # D of the previous steps, newest first
     last = None  # (x, D, sigma) of the previous step on a deterministic path, for final_step
     for i in range(grid.steps):
@@ -207,7 +211,7 @@ def _multistep(
         decay, weights, std = table[i]
         x_next = combine(x, decay, weights, [denoised, *hist])
         if std > 0 and s_noise > 0 and noise is not None:
-            x_next.add_(noise(), alpha=std * s_noise)
+            x_next.add_(noise(s, nxt), alpha=std * s_noise)
         x = x_next
         hist = [denoised, *hist][: order - 1]
     return x
@@ -215,28 +219,38 @@ def _multistep(
 
 @functools.lru_cache(maxsize=256)
 def _multistep_table(
-    sigmas: tuple[float, ...], order: int, eta: float, solver_type: str, variant: str
+    sigmas: tuple[float, ...],
+    order: int,
+    eta: float,
+    solver_type: str,
+    variant: str,
+    ancestral: bool = False,
 ) -> tuple[tuple[float, tuple[float, ...], float], ...]:
     """Per step but a final one into 0, once per grid and options: (e^-H, weights on the newest
-    D's, noise std) of x' = e^-H x + sum_j w_j D_j + std z, H = (1 + eta) h."""
+    D's, noise std) of x' = e^-H x + sum_j w_j D_j + std z, H = (1 + eta) h, the D's h apart in
+    lambda; ``ancestral``: H = span = log(s / sigma_down), std = sigma_up, and the D's stand span
+    apart (the ODE clock: the noise raises the level without advancing it; res_multistep_ancestral)."""
     table = []
     hs: list[float] = []  # h of the previous steps, newest first
     for i in range(len(sigmas) - 1 - (sigmas[-1] == 0)):
         s, nxt = sigmas[i], sigmas[i + 1]
         h = math.log(s / nxt)
-        big = (1 + eta) * h
+        span, big = h, (1 + eta) * h  # the integral's length in lambda, and H
+        std = nxt * math.sqrt(-math.expm1(-2 * eta * h)) if eta > 0 else 0.0
+        if ancestral:
+            down, std = ancestral_split(s, nxt, eta)
+            span = big = math.log(s / down)
         phi1, phi2, phi3 = _phi(big)
-        if len(hs) == 2 and (variant == "reference" or MAX_RATIO * hs[0] >= h):  # third order
+        if len(hs) == 2 and (variant == "reference" or MAX_RATIO * hs[0] >= span):  # third order
             k3 = (1 if variant == "reference" else 2) * phi3
-            weights: tuple[float, ...] = _third_order(h, hs[0], hs[1], phi1, phi2, k3)
+            weights: tuple[float, ...] = _third_order(span, hs[0], hs[1], phi1, phi2, k3)
         elif hs:  # second order: D' of the line through 2 D's
-            c = (phi1 / 2 if solver_type == "midpoint" else phi2) * h / hs[0]
+            c = (phi1 / 2 if solver_type == "midpoint" else phi2) * span / hs[0]
             weights = (phi1 + c, -c)
         else:
             weights = (phi1,)
-        std = nxt * math.sqrt(-math.expm1(-2 * eta * h)) if eta > 0 else 0.0
         table.append((math.exp(-big), weights, std))
-        hs = [h, *hs][: order - 1]
+        hs = [span, *hs][: order - 1]
     return tuple(table)
 
 
@@ -341,7 +355,7 @@ def dpmpp_2s(grid: SamplerGrid, x: Tensor, *, final: str = "tau") -> Tensor:
     return _singlestep(grid, x, _dpmpp_2s_step, final)
 
 
-@register("dpmpp_2s_ancestral", order=2, nfe=lambda n: 2 * n - 1, stochastic=True)
+@register("dpmpp_2s_ancestral", order=2, nfe=lambda n: 2 * n - 1, stochastic=True, noises=NOISES)
 def dpmpp_2s_ancestral(
     grid: SamplerGrid,
     x: Tensor,
@@ -391,7 +405,7 @@ def dpmpp_3m(
     return _multistep(grid, x, order=3, final=final, variant=variant)
 
 
-@register("dpmpp_2m_sde", order=2, stochastic=True)
+@register("dpmpp_2m_sde", order=2, stochastic=True, noises=NOISES)
 def dpmpp_2m_sde(
     grid: SamplerGrid,
     x: Tensor,
@@ -411,7 +425,8 @@ def dpmpp_2m_sde(
     ``s_noise`` scales the injected noise alone. NFE = n; start-up order 1; the final interval into
     0 is final_step without noise, given the previous step's eps only when eta = 0 (with noise the
     previous step lies on another path). Noise: i.i.d. normal per step from the caller's
-    generator(s), where k-diffusion defaults to a Brownian tree. Registered order: of eta = 0."""
+    generator(s); ``noise="brownian"`` takes k-diffusion's default, the increments of a Brownian
+    tree (difflab.sampling.noise). Registered order: of eta = 0."""
     return _multistep(
         grid,
         x,
@@ -424,7 +439,7 @@ def dpmpp_2m_sde(
     )
 
 
-@register("dpmpp_3m_sde", order=3, stochastic=True)
+@register("dpmpp_3m_sde", order=3, stochastic=True, noises=NOISES)
 def dpmpp_3m_sde(
     grid: SamplerGrid,
     x: Tensor,
@@ -448,7 +463,7 @@ def dpmpp_3m_sde(
 # ---------------------------------------------------------------------------- ancestral DPM-2
 
 
-@register("dpm_2_ancestral", order=2, nfe=lambda n: 2 * n - 1, stochastic=True)
+@register("dpm_2_ancestral", order=2, nfe=lambda n: 2 * n - 1, stochastic=True, noises=NOISES)
 def dpm_2_ancestral(
     grid: SamplerGrid,
     x: Tensor,

@@ -1,8 +1,10 @@
 """Stochastic samplers: DDIM(eta) / DDPM / Euler ancestral, EDM's churned Heun, Restart, ER-SDE and
 SA-Solver, all in x = x0 + sigma eps coordinates.
 
-Fresh noise comes from the registry's ``noise()`` (one generator per sample makes a sample
-independent of its batch); every coefficient is a host float computed from the grid. The last
+Fresh noise comes from the registry's ``noise(sigma, sigma_next)`` (one generator per sample makes
+a sample independent of its batch; DDIM(eta), ER-SDE and SA-Solver also take ``noise="brownian"``,
+the increments of one Brownian path per sample, see difflab.sampling.noise); every coefficient is a
+host float computed from the grid. The last
 interval into sigma = 0 is the deterministic ``final_step`` (option ``final``, "tau" by default) and
 adds no noise: from x ~ p_{sigma_1} it is an O(sigma_1^4) push-forward along the probability flow,
 where the posterior-mean jump "denoised" (k-diffusion's and diffusers' rule) is only O(sigma_1^2)
@@ -26,6 +28,7 @@ import numpy as np
 from torch import Tensor
 
 from difflab.core.grids import karras
+from difflab.sampling.noise import NOISES
 from difflab.sampling.registry import SamplerGrid, register
 from difflab.sampling.steps import check_final, combine, ddim_step, final_step, heun_step
 
@@ -55,7 +58,12 @@ def ancestral_split(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[
 
 
 @register(
-    "ddim_eta", order=1, nfe=lambda n, **_: n, stochastic=True, aliases=("ddpm", "euler_ancestral")
+    "ddim_eta",
+    order=1,
+    nfe=lambda n, **_: n,
+    stochastic=True,
+    aliases=("ddpm", "euler_ancestral"),
+    noises=NOISES,
 )
 def ddim_eta(
     grid: SamplerGrid,
@@ -87,7 +95,7 @@ def ddim_eta(
         down, up = ancestral_split(s, nxt, eta)
         x = ddim_step(x, denoised, s, down)
         if up * s_noise != 0:
-            x = x + (up * s_noise) * noise()
+            x = x + (up * s_noise) * noise(s, nxt)
     return x
 
 
@@ -219,7 +227,7 @@ def _er_sde_integrals(phi: Callable[[float], float], s: float, t: float) -> tupl
     return c1, c2
 
 
-@register("er_sde", order=3, nfe=lambda n, **_: n, stochastic=True)
+@register("er_sde", order=3, nfe=lambda n, **_: n, stochastic=True, noises=NOISES)
 def er_sde(
     grid: SamplerGrid,
     x: Tensor,
@@ -262,7 +270,7 @@ def er_sde(
         for w, d in zip(weights, [denoised, *history]):
             x.add_(d, alpha=w)
         if std > 0 and s_noise != 0:
-            x.add_(noise(), alpha=s_noise * std)
+            x.add_(noise(grid[i], grid[i + 1]), alpha=s_noise * std)
         history = [denoised, *history][: max_stage - 1]
     return x
 
@@ -349,7 +357,7 @@ def _sa_nfe(n: int, pece: bool = False, corrector_order: int = 4, **_: Any) -> i
     return 2 * n - 1 if pece and corrector_order > 0 else n
 
 
-@register("sa_solver", order=4, nfe=_sa_nfe, stochastic=True)
+@register("sa_solver", order=4, nfe=_sa_nfe, stochastic=True, noises=NOISES)
 def sa_solver(
     grid: SamplerGrid,
     x: Tensor,
@@ -413,7 +421,7 @@ def sa_solver(
         x_pred = combine(x, decay, b, history[-len(b) :])
         z = None
         if std > 0 and s_noise != 0:
-            z = noise().mul_(s_noise * std)
+            z = noise(grid[i], grid[i + 1]).mul_(s_noise * std)
             x_pred.add_(z)
         x_prev = x
     return x_pred
