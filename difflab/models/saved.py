@@ -123,12 +123,20 @@ def diffusion_config(
     return check_diffusion_config(config, "the model config")
 
 
-def network_shape(network: Mapping[str, Any]) -> tuple[int, ...] | None:
-    """The sample shape a network config expects: [C, S, S] for image networks, [dim] for vectors."""
+SEQUENCE_NETWORKS = ("temporal_unet", "sequence_transformer")
+
+
+def network_shape(network: Mapping[str, Any]) -> tuple[int | None, ...] | None:
+    """The sample shape a network config expects: [C, S, S] for image networks, [dim] for vectors,
+    [None, dim] for sequences [T, dim] of any length T."""
     if "image_size" in network:
         return (network.get("in_channels", 1), network["image_size"], network["image_size"])
     if "dim" in network:
-        return (network["dim"],)
+        return (
+            (None, network["dim"])
+            if network.get("type") in SEQUENCE_NETWORKS
+            else (network["dim"],)
+        )
     return None
 
 
@@ -183,10 +191,13 @@ def check_diffusion_config(config: dict[str, Any], where: Any = "the model confi
             f"classes but the data has {classes}"
         )
     expected = network_shape(network)
-    if expected is not None and list(expected) != shape:
+    if expected is not None and (
+        len(expected) != len(shape) or any(e not in (None, n) for e, n in zip(expected, shape))
+    ):
         raise ValueError(
             f"{where} does not match itself: the {network.get('type')} network takes samples of "
-            f"shape {list(expected)} but the data shape is {shape}"
+            f"shape [{', '.join('T' if e is None else str(e) for e in expected)}] but the data "
+            f"shape is {shape}"
         )
     null = config.get("null_class")
     if not isinstance(null, bool):

@@ -278,6 +278,7 @@ class GaussianMixture:
         (so a sample near a decision boundary does not slow the others); the local error per step is
         held below rtol * (1 + |x|). The tests validate it by tightening rtol and against closed forms.
         """
+        self._single("the exact flow")
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must be [B, {self.dim}], got shape {tuple(x.shape)}")
         n = x.shape[0]
