@@ -17,6 +17,7 @@ from difflab.core.grids import karras
 from difflab.core.parameterization import Parameterization
 from difflab.guidance import classifier_free
 from difflab.testing import random_mixture
+from difflab.training.objectives import denoising_loss
 
 VECTOR, SEQUENCE = (3,), (2, 3)  # one sample's context: [Dc] or [Tc, Dc]
 
@@ -245,6 +246,12 @@ def test_per_token_sigma_equals_per_sample_sigma_when_tokens_share_it(name, pred
     torch.testing.assert_close(per_token, per_sample, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(
         den(x, sigma[:, None].expand(4, 8)), per_sample, rtol=1e-5, atol=1e-6
+    )
+    # the training path (network_output) too: a per-token loss
+    eps = torch.randn_like(x)
+    loss = denoising_loss(den, x, eps, sigma[:, None, None].expand(4, 8, 1), "uniform")
+    torch.testing.assert_close(
+        loss, denoising_loss(den, x, eps, sigma, "uniform"), rtol=1e-5, atol=0
     )
 
 

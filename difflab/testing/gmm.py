@@ -9,6 +9,12 @@ With C_k = U_k diag(lam_k) U_k^T and z_k = U_k^T (x - m_k), per component
     score_k      = -U_k diag(1 / (lam_k + sigma^2)) z_k
 
 so nothing divides by sigma: sigma = 0 is exact. All arithmetic is float64; outputs take x's dtype.
+
+Conditioning on some coordinates, x0[g] = v, leaves a Gaussian mixture over the others (each
+component conditioned by its Schur complement, re-weighted by its density of v): :meth:`conditional`
+(a batch of mixtures for a batch of values), with the exact conditional denoisers built on it,
+:meth:`context_denoiser` (E[a0 | a, o], a policy's truth) and :meth:`denoise_given` (given entries,
+a mask per sample: inpainting, imputation).
 At sigma = inf, x holds the unit noise (DESIGN.md's convention) and the denoiser returns the prior mean.
 """
 
