@@ -322,6 +322,7 @@ K_SAMPLERS: dict[str, list[tuple[dict[str, Any], bool]]] = {
         ({"eta": 0.0, "solver_type": "heun"}, False),
     ],
     "dpmpp_3m_sde": [({}, True), ({"eta": 0.0}, False)],
+    "dpmpp_sde": [({}, True), ({"eta": 0.0}, False)],
 }
 K_ADAPTIVE_RTOL = (
     0.5,

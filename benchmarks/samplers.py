@@ -6,7 +6,7 @@ each DDPM beta table (linear; scaled_linear 0.00085 .. 0.012), the same start x 
 (difflab.sampling.available(), with the option variants in VARIANTS) on each step grid in GRIDS, and
 the anchors (benchmarks/anchors.py): diffusers' DDIM, DDPM, DPMSolverMultistep, DPMSolverSinglestep,
 UniPC, DEIS, Euler, EulerAncestral, Heun, LMS and k-diffusion's euler, heun, dpm_2, lms, dpmpp_2m,
-dpmpp_2m_sde, dpmpp_3m_sde, dpm_adaptive, each at the settings listed there. At every NFE budget a
+dpmpp_2m_sde, dpmpp_3m_sde, dpmpp_sde, dpm_adaptive, each at the settings listed there. At every NFE budget a
 method runs with the most steps that fit; NFE is the number of model calls, counted.
 
 Metrics against the exact probability-flow ODE solution from the same start, mixture.ode(x,
@@ -335,6 +335,32 @@ def markdown(header: list[str], body: list[list[str]]) -> str:
 ANCHORS = {"diffusers", "k-diffusion"}
 
 
+def sampler_list() -> str:
+    """Every registered difflab sampler (the registry's own record): NFE for n intervals ending in
+    0, order (of the noise-free limit for stochastic ones), noise sources, first docstring line."""
+    body = []
+    for name in sorted({sampling.info(n).name for n in sampling.available()}):
+        info = sampling.info(name)
+        aliases = [a for a in sampling.available() if a != name and sampling.info(a) is info]
+        label = f"{name} ({', '.join(aliases)})" if aliases else name
+        if info.adaptive:
+            nfe = "adaptive"
+        else:  # a n + b, read off two step counts (every rule here is affine from n = 2)
+            a = info.nfe(11) - info.nfe(10)
+            b = info.nfe(10) - 10 * a
+            nfe = ("n" if a == 1 else f"{a}n") + (f" {'+' if b > 0 else '-'} {abs(b)}" if b else "")
+        noise = ", ".join(info.noises) if info.stochastic else "-"
+        first = " ".join(info.fn.__doc__.strip().split("\n\n")[0].split())  # first paragraph
+        body.append([label, nfe, str(info.order), noise, first.replace("|", "\\|")])
+    note = (
+        "NFE for n intervals ending at 0 (a grid from sigma = inf: 1 + NFE(n - 1)); order: against "
+        "the exact flow, of the noise-free limit for stochastic samplers; noise: the sources its "
+        '`noise=` option takes, the default first ("brownian": one Brownian path per sample).'
+    )
+    table = markdown(["sampler", "NFE", "order", "noise", "update"], body)
+    return f"### Samplers\n\n{note}\n\n{table}"
+
+
 def summary_table(case: Case, rows: list[Row], budgets: list[int]) -> tuple[str, list[str]]:
     """The per-budget comparison and the list of missed targets."""
     body, missed = [], []
@@ -591,6 +617,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     log = Log()
     sections, rows = run_cases(args, preset, log)
+    sections.insert(0, sampler_list())
     if not args.no_overhead:
         text = overhead_report(overhead_methods(all_methods(["karras"])), args.repeats, log)
         print(text + "\n")

@@ -141,20 +141,32 @@ def _mix(z: Tensor) -> Tensor:
     return z ^ _srl(z, 31)
 
 
-def hashed_normal(keys: Tensor, nodes: Sequence[int], count: int, dtype: torch.dtype) -> Tensor:
+def hashed_normal(
+    keys: Tensor, nodes: Tensor | Sequence[int], count: int, dtype: torch.dtype
+) -> Tensor:
     """[len(nodes), len(keys), count] standard normals, entry (n, i, j) a fixed function of
-    (nodes[n], keys[i], j): SplitMix64 of mix(key + node) + c G over counters c, 53-bit uniforms,
-    Box-Muller on pairs. A counter-based generator (Salmon et al. 2011): any node's draws without
-    drawing the others, all of them in one pass."""
-    node = torch.tensor(list(nodes), dtype=torch.int64, device=keys.device)
-    base = _mix(keys.unsqueeze(0) + node.unsqueeze(1)).unsqueeze(2)
-    pairs = (count + 1) // 2
-    c = torch.arange(1, 2 * pairs + 1, device=keys.device, dtype=torch.int64) * _signed(_GOLDEN)
-    bits = _srl(_mix(base + c), 11).to(dtype) * 2.0**-53  # [0, 1)
-    radius = torch.sqrt(-2 * torch.log1p(-bits[..., 0::2]))  # 1 - u in (0, 1]
-    angle = (2 * math.pi) * bits[..., 1::2]
-    pair = torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], -1)
-    return pair.flatten(-2)[..., :count]  # counter j from pair j // 2 alone
+    (keys[i], nodes[n], j): Phi^-1((b + 1/2) 2^-53), b the top 53 bits of SplitMix64's output for the
+    counter key + node + (j + 1) G (the generator's stream seeded with key + node; Steele et al.
+    2014). Counter-based (Salmon et al. 2011): any node's draws without drawing the others, all of
+    them in one pass."""
+    nodes = torch.as_tensor(nodes, dtype=torch.int64).to(keys.device)
+    seeds = keys.unsqueeze(0) + nodes.unsqueeze(1)
+    counters = torch.arange(1, count + 1, dtype=torch.int64, device=keys.device) * _signed(_GOLDEN)
+    bits = _srl(_mix(seeds.unsqueeze(2) + counters), 11).to(dtype)
+    return torch.special.ndtri(bits.add_(0.5).mul_(2.0**-53))
+
+
+def _pairwise_sum(terms: Tensor) -> Tensor:
+    """terms.sum(0) by halving with elementwise adds (zeros pad it to a power of 2): each entry is
+    summed in an order that depends on len(terms) alone, so a sample's value is the same in any
+    batch (torch's reductions are not)."""
+    size = 1 << (len(terms) - 1).bit_length()
+    if size > len(terms):
+        terms = torch.cat([terms, terms.new_zeros(size - len(terms), *terms.shape[1:])])
+    while size > 1:
+        size //= 2
+        terms = terms[:size] + terms[size:]
+    return terms[0]
 
 
 _CHUNK = 1 << 16  # numbers per hashing pass: fewer passes for small batches, cache-sized for big
@@ -191,11 +203,20 @@ class BrownianTree:
         self.count = math.prod(self.shape)
         self.depth = depth
         self.dtype = torch.float32 if self.device.type == "mps" else torch.float64
+        self._scales = 2.0 ** np.arange(depth)
+        self._levels: dict[int, Tensor] = {}
         self._anchors: dict[int, Tensor] = {0: self._xi(0, 0)}
         self._recent: dict[float, Tensor] = {}
 
     def _xi(self, *node: int) -> Tensor:
         return hashed_normal(self.keys, [_node_key(*node)], self.count, self.dtype)[0]
+
+    def _level_keys(self, e: int) -> Tensor:
+        """Keys of the levels of octave [2^(e-1), 2^e): a node's key mixes in its cell."""
+        if e not in self._levels:
+            keys = [_node_key(1, e, j) for j in range(self.depth)]
+            self._levels[e] = torch.tensor(keys, dtype=torch.int64)
+        return self._levels[e]
 
     def _anchor(self, e: int) -> Tensor:
         """W(2^e), building the anchors between 1 and 2^e once."""
@@ -219,20 +240,20 @@ class BrownianTree:
             return self._recent[t]
         _, e = math.frexp(t)  # t in [a, 2a), a = 2^(e - 1)
         a = math.ldexp(1.0, e - 1)
-        q = (t - a) / a  # exact
+        q = (t - a) / a  # exact, and so are its scalings by powers of 2
         value = torch.lerp(self._anchor(e - 1), self._anchor(e), q)
-        nodes, weights = [], []
-        for j in range(self.depth):  # the tent of level j's cell at t, times sqrt(width / 4)
-            cell = math.floor(q * 2**j)
-            tent = 1 - abs(2 * (q * 2**j - cell) - 1)
-            if tent > 0:
-                nodes.append(_node_key(1, e, j, cell))
-                weights.append(tent * math.sqrt(math.ldexp(a, -j) / 4))
+        scaled = q * self._scales  # level j: the cell of width a 2^-j containing t, and its tent
+        cell = np.floor(scaled)
+        tent = 1 - np.abs(2 * (scaled - cell) - 1)
+        keep = np.flatnonzero(tent > 0)
+        weights = tent[keep] * np.sqrt(a / (4 * self._scales[keep]))
+        cells = torch.from_numpy(cell[keep].astype(np.int64))
+        nodes = _mix(self._level_keys(e)[keep] + cells * _signed(_GOLDEN))
         chunk = max(1, _CHUNK // (len(self.keys) * self.count))  # levels drawn in one pass
         for i in range(0, len(nodes), chunk):
             xi = hashed_normal(self.keys, nodes[i : i + chunk], self.count, self.dtype)
-            for weight, draw in zip(weights[i : i + chunk], xi):  # elementwise, as in any batch
-                value.add_(draw, alpha=weight)
+            w = torch.from_numpy(weights[i : i + chunk]).to(xi)
+            value.add_(_pairwise_sum(xi * w[:, None, None]))
         value = value.view(len(self.keys), *self.shape)
         if len(self._recent) >= 4:
             del self._recent[next(iter(self._recent))]

@@ -204,10 +204,10 @@ def seeds_3(
 
 @register("exp_heun_2_x0", order=2, nfe=lambda n: 2 * n - 1)
 def exp_heun_2_x0(grid: SamplerGrid, x: Tensor, *, final: str = "tau") -> Tensor:
-    """Exponential Heun in x0: x' = (s'/s) x + phi1 D + phi2 (D(u, s') - D), u = DDIM to s'.
+    """Exponential Heun in x0: x' = (s'/s) x + phi1 D + phi2 (D(u, s') - D) (Cox & Matthews 2002).
 
-    phi1 = 1 - e^-h, phi2 = 1 - (1 - e^-h)/h: the exact integral of the line through D at s and D
-    at the DDIM endpoint u in lambda = -log sigma (second-order exponential Runge-Kutta with c_2 = 1,
+    u = the DDIM step to s', phi1 = 1 - e^-h, phi2 = 1 - (1 - e^-h)/h: the exact integral of the
+    line through D at s and D at the DDIM endpoint u in lambda = -log sigma (second-order exponential Runge-Kutta with c_2 = 1,
     Cox & Matthews 2002's ETD2RK in data prediction). It is ComfyUI's ``sample_exp_heun_2_x0``:
     seeds_2 with eta = 0, r = 1, solver_type "phi_2". Unlike multistep samplers it does not reuse
     D(u, s'): two evaluations per step. NFE = 2(n - 1) + 1."""
