@@ -9,7 +9,6 @@ import torch
 from scipy import stats
 
 from difflab.cli import main
-from difflab.cli.text import escape, unescape
 from difflab.sampling.noise import generators
 from difflab.text import (
     CharTokenizer,
@@ -24,9 +23,12 @@ from difflab.text import (
     samplers,
     save_text_model,
     shakespeare,
+    uniform,
 )
 from difflab.text.categorical import GUMBEL_MAX, float32_tail_probability, gumbel_from_uniform
+from difflab.text.exact import UniformPosterior
 from difflab.text.metrics import bits_per_token, generative_perplexity, unigram_entropy
+from difflab.text.sample_files import format_samples, parse_samples, read_samples
 from difflab.text.train import train
 
 SCHEDULES = ("linear", "cosine", "log_linear")
@@ -352,7 +354,6 @@ def test_model_generate_and_cli_sample(tiny_model, tmp_path, capsys):
     assert out.tokens.shape == (3, 10) and len(out.texts) == 3
     again = model.generate(3, 10, sampler="ancestral", steps=20, seed=1, batch_size=3)
     assert torch.equal(out.tokens, again.tokens)
-    assert unescape(escape("a\\n\nb\\")) == "a\\n\nb\\"
     path = tmp_path / "s.txt"
     assert (
         main(
@@ -377,8 +378,9 @@ def test_model_generate_and_cli_sample(tiny_model, tmp_path, capsys):
         )
         == 0
     )
-    lines = path.read_text().splitlines()
-    assert len(lines) == 5 and all(len(unescape(line)) == 16 for line in lines)
+    samples = read_samples(path)
+    assert [s["index"] for s in samples] == list(range(5))
+    assert all(s["seed"] == 0 and len(s["text"]) == 16 for s in samples)
     capsys.readouterr()
     assert (
         main(
@@ -401,8 +403,8 @@ def test_model_generate_and_cli_sample(tiny_model, tmp_path, capsys):
         )
         == 0
     )
-    printed = capsys.readouterr().out.splitlines()
-    assert len(printed) == 2
+    printed = capsys.readouterr().out
+    assert [(seed, len(text)) for seed, text in parse_samples(printed)] == [(0, 8), (0, 8)]
 
 
 @pytest.mark.parametrize(
@@ -415,6 +417,20 @@ def test_model_generate_and_cli_sample(tiny_model, tmp_path, capsys):
         (["--block", "4"], "--block and --inner apply to --sampler semi_ar"),
         (["--dtype", "float16"], "--dtype must be float64 or float32"),
         (["--schedule", "cosin"], "Did you mean 'cosine'"),
+        (
+            ["--prompt", "ab" * 9],
+            "the prompt has 18 tokens, more than the 16 to generate (the model's",
+        ),
+        (["--prompt", "a#b"], "character '#' is not in the tokenizer's vocabulary"),
+        (["--sampler", "threshold", "--threshold", "1.5"], "threshold must lie in (0, 1]"),
+        (["--sampler", "threshold", "--threshold", "0"], "threshold must lie in (0, 1]"),
+        (["--threshold", "0.9"], "--threshold does not apply to the first_hitting sampler"),
+        (["--sampler", "threshold", "--schedule", "linear"], "--schedule does not apply"),
+        (["--sampler", "remdm", "--remasking", "capp"], "Did you mean 'cap'"),
+        (["--sampler", "remdm", "--eta", "2"], "eta must be a number in [0, 1]"),
+        (["--sampler", "uniform_ancestral"], "samples uniform diffusion models"),
+        (["--guidance", "2"], "guidance needs a prompt"),
+        (["--out", "x.json"], "--out must end in .txt or .jsonl"),
     ],
 )
 def test_cli_sample_errors_are_one_line(tiny_model, capsys, args, message):
@@ -517,8 +533,8 @@ def test_cli_samples_the_shipped_model(tmp_path):
     out = tmp_path / "samples.txt"
     args = ["--model", "shakespeare", "--sampler", "first_hitting", "--steps", "16", "--n", "2"]
     assert main(["text", "sample", *args, "--length", "64", "--seed", "0", "--out", str(out)]) == 0
-    lines = out.read_text().splitlines()
-    assert len(lines) == 2 and all(len(unescape(line)) == 64 for line in lines)
+    samples = read_samples(out)
+    assert len(samples) == 2 and all(len(s["text"]) == 64 for s in samples)
 
 
 def test_rotary_attention_scores_depend_only_on_the_offset():
@@ -535,3 +551,343 @@ def test_rotary_attention_scores_depend_only_on_the_offset():
         diagonal = torch.diagonal(scores, offset)
         assert torch.allclose(diagonal, diagonal[0].expand_as(diagonal), atol=1e-12)
     assert not torch.allclose(torch.diagonal(scores, 1)[0], torch.diagonal(scores, 2)[0])
+
+
+# ------------------------------------------------------------------ dLLM decoders on exact toys
+
+
+def test_threshold_one_with_random_commits_is_the_exact_sequential_sampler():
+    """Threshold 1 commits one token per step; chosen uniformly (remasking "random") that is the
+    first-hitting sampler, exact. Committing the most confident candidate instead (Fast-dLLM's
+    low_confidence) picks positions by their drawn values, and is rejected: the test has power."""
+    table = JointTable.random(3, 3, sharpness=2.0, seed=3)
+    exact = sample_counts(table, "threshold", 4000, None, threshold=1.0, remasking="random")
+    assert chi2_p(exact, table.probs) > 1e-3
+    picky = sample_counts(table, "threshold", 4000, None, threshold=1.0)
+    assert chi2_p(picky, table.probs) < 1e-6
+    llada = sample_counts(table, "confidence", 4000, 3, remasking="random", seed=1)
+    assert chi2_p(llada, table.probs) > 1e-3
+
+
+def test_threshold_commits_every_confident_token_and_adapts_its_steps():
+    """A threshold near 0 commits every candidate in one step; fewer network rows than masks."""
+    table = JointTable.random(3, 4, seed=2)
+    rows = []
+
+    class Counting:
+        vocab_size = 3
+
+        def __call__(self, z):
+            rows.append(z.shape[0])
+            return table(z)
+
+    x = samplers.threshold(
+        Counting(), torch.full((8, 4), 3), threshold=1e-9, generator=generators(0, 8)
+    )
+    assert bool((x < 3).all()) and rows == [8]
+    with pytest.raises(ValueError, match=r"threshold must lie in \(0, 1\]"):
+        samplers.threshold(table, torch.full((2, 4), 3), threshold=0.0)
+    with pytest.raises(ValueError, match="Did you mean 'random'"):
+        samplers.threshold(table, torch.full((2, 4), 3), remasking="randm")
+
+
+class Oracle:
+    """A denoiser that knows x [B, L]: every position predicts x^l with probability 1 (called on
+    the whole batch: no cache)."""
+
+    def __init__(self, x, vocab):
+        self.x, self.vocab_size = x, vocab
+
+    def __call__(self, z):
+        logits = torch.full((*z.shape, self.vocab_size), -torch.inf, dtype=torch.float64)
+        return logits.scatter_(-1, self.x[: len(z), : z.shape[1], None], 0.0)
+
+
+@pytest.mark.parametrize("rule", ["cap", "rescale", "loop", "conf"])
+def test_remdm_keeps_every_token_marginal_except_conf(rule):
+    """ReMDM's Thm. 3.1: with x known, P(token l unmasked after the step to s) = alpha_s whatever
+    sigma_t <= sigma_max (loop: alpha_on on its constant stretch), though tokens are remasked all the
+    time; conf's sigma depends on z, and its unmasked share falls behind."""
+    n, length, steps = 256, 64, 20
+    x = torch.randint(0, 2, (n, length), generator=torch.Generator().manual_seed(0))
+    unmasked, remasked = [], [0]
+
+    def record(info):
+        unmasked.append((info["z"] != 2).double().mean().item())
+        remasked[0] += int(((info["z"] == 2) & (previous[0] != 2)).sum())
+        previous[0] = info["z"].clone()
+
+    previous = [torch.full((n, length), 2)]
+    eta = {"cap": 0.3, "rescale": 0.5, "loop": 0.3, "conf": 1.0}[rule]
+    out = samplers.remdm(
+        Oracle(x, 2),
+        torch.full((n, length), 2),
+        steps,
+        remasking=rule,
+        eta=eta,
+        cache=False,
+        generator=generators(0, n),
+        callback=record,
+    )
+    assert torch.equal(out, x) and remasked[0] > 1000
+    times = torch.linspace(1, 0, steps + 1, dtype=torch.float64)[1:]
+    target = 1 - times  # linear schedule
+    if rule == "loop":  # t_on 0.55, t_off 0.05, alpha_on 0.9: alpha is 0.9 from t_on to t_off
+        target = torch.where((times <= 0.55) & (times >= 0.05), 0.9, float("nan"))
+    got, target = torch.tensor(unmasked), target.float()
+    se = (target * (1 - target) / (n * length)).sqrt()
+    checked = ~target.isnan() & (target < 1)
+    gap = ((got - target).abs() / se.clamp(min=1e-9))[checked]
+    if rule == "conf":
+        assert float(gap.max()) > 10
+    else:
+        assert float(gap.max()) < 5, (got, target)
+
+
+def test_remdm_with_exact_conditionals_samples_the_exact_distribution():
+    """cap at eta 0.05 remasks thousands of decoded tokens and still samples the joint table."""
+    table = JointTable.random(3, 3, sharpness=2.0, seed=3)
+    counts = sample_counts(table, "remdm", 4000, 1000, remasking="cap", eta=0.05)
+    assert chi2_p(counts, table.probs) > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("ancestral", {}),
+        ("first_hitting", {}),
+        ("confidence", {"remasking": "random"}),
+        ("threshold", {"threshold": 0.5}),
+        ("remdm", {"remasking": "rescale", "eta": 1.0}),
+        ("remdm", {"remasking": "conf"}),
+        ("remdm", {"remasking": "loop"}),
+        ("semi_ar", {"block": 2, "inner": "remdm", "eta": 1.0, "remasking": "rescale"}),
+        ("semi_ar", {"block": 2, "inner": "threshold"}),
+    ],
+)
+def test_prompt_tokens_never_change(name, options):
+    table = JointTable.random(3, 5, seed=2)
+    z = torch.full((200, 5), 3)
+    z[:, :2] = torch.tensor([2, 0])
+    z[:, 3] = 1
+    seen = []
+    x = samplers.get(name)(
+        table,
+        z,
+        8,
+        generator=generators(0, 200),
+        callback=lambda i: seen.append(i["z"].clone()),
+        **options,
+    )
+    assert bool((x < 3).all()) and seen
+    for state in [*seen, x]:
+        assert bool((state[:, :2] == torch.tensor([2, 0])).all() and (state[:, 3] == 1).all())
+
+
+def test_semi_ar_blocks_start_after_the_prompt():
+    """With the prompt given, blocks of one token decoded by exact conditionals are the chain rule
+    of p(rest | prompt): the exact conditional, from as many steps as generated tokens."""
+    table = JointTable.random(3, 4, seed=4)
+    z = torch.full((4000, 4), 3)
+    z[:, 0] = 1
+    x = samplers.semi_ar(
+        table, z, 3, block=1, inner="confidence", generator=torch.Generator().manual_seed(0)
+    )
+    conditional = table.probs.reshape(3, -1)[1]
+    counts = table.histogram(x).double().reshape(3, -1)
+    assert counts[[0, 2]].sum() == 0
+    assert chi2_p(counts[1], conditional / conditional.sum()) > 1e-3
+
+
+def test_guidance_weight_one_is_plain_sampling_bit_for_bit(tiny_model):
+    model = load(str(tiny_model))
+    plain = model.generate(4, 12, sampler="confidence", steps=6, seed=3, prompt="ab\n")
+    guided = model.generate(
+        4, 12, sampler="confidence", steps=6, seed=3, prompt="ab\n", guidance=1.0
+    )
+    assert torch.equal(plain.tokens, guided.tokens) and plain.network_rows == guided.network_rows
+    twice = model.generate(
+        4, 12, sampler="confidence", steps=6, seed=3, prompt="ab\n", guidance=2.0
+    )
+    assert twice.network_rows == 2 * plain.network_rows
+    assert bool((twice.tokens[:, :3] == model.tokenizer.encode("ab\n")).all())
+    with pytest.raises(ValueError, match="guidance needs a prompt"):
+        model.generate(2, 8, guidance=2.0)
+
+
+def test_guidance_weight_zero_samples_without_the_prompt():
+    """w = 0 leaves the unconditional branch, the prompt masked: the rest follows its marginal
+    p(x_2, x_3), not p(x_2, x_3 | x_1); w = 1 the conditional. Exact with first-hitting."""
+    from difflab.text.guidance import PromptGuidance
+
+    table = JointTable.random(3, 3, seed=6)
+    prompt = torch.tensor([True, False, False])
+    z = torch.full((4000, 3), 3)
+    z[:, 0] = 2
+    probs = table.probs.reshape(3, 9)
+    for weight, target in ((0.0, probs.sum(0)), (1.0, probs[2] / probs[2].sum())):
+        x = samplers.first_hitting(
+            PromptGuidance(table, prompt, weight), z, generator=torch.Generator().manual_seed(1)
+        )
+        counts = table.histogram(x).double().reshape(3, 9)
+        assert counts[:2].sum() == 0 and chi2_p(counts[2], target) > 1e-3, weight
+    assert PromptGuidance(table, prompt, 1.0)(z[:2]).equal(table(z[:2]))
+
+
+# ------------------------------------------------------------------ uniform-state diffusion
+
+
+def tiny_level_net(vocab=3, context=3, seed=0):
+    torch.manual_seed(seed)
+    net = Transformer(vocab_size=vocab, context=context, dim=16, depth=1, heads=2, level=True)
+    for p in net.parameters():
+        p.data.normal_(0, 0.5)
+    return net.eval().requires_grad_(False)
+
+
+def test_uniform_corruption_keeps_alpha_and_redraws_uniformly():
+    x = torch.zeros(4000, 50, dtype=torch.long)
+    z = uniform.corrupt(x, 0.3, 4, torch.Generator().manual_seed(0))
+    share = torch.bincount(z.reshape(-1), minlength=4).double() / z.numel()
+    assert share.tolist() == pytest.approx([0.3 + 0.7 / 4] + [0.7 / 4] * 3, abs=3e-3)
+    rows = uniform.corrupt(x[:3], torch.tensor([0.0, 1.0, 0.5]), 4, generators(0, 3))
+    assert bool((rows[1] == 0).all()) and torch.equal(
+        rows[2:], uniform.corrupt(x[2:3], 0.5, 4, generators(0, 3)[2:])
+    )
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_uniform_elbo_of_the_exact_denoiser_is_the_negative_log_likelihood(name):
+    """The continuous-time bound is tight for exact x0-predictions when alpha_1 = 0 (the true
+    reverse CTMC); log_linear's alpha_1 = eps leaves a small prior term, so it stays above."""
+    table = JointTable.random(3, 3, seed=1)
+    x = table.sample(6, torch.Generator().manual_seed(0))
+    bound = uniform.exact_uniform_nelbo(UniformPosterior(table), x, name)
+    nll = -table.log_prob(x)
+    if name == "log_linear":
+        assert bool((bound > nll).all()) and float((bound - nll).max()) < 1e-4
+    else:
+        assert torch.allclose(bound, nll, atol=1e-8)
+
+
+def test_uniform_elbo_bounds_the_entropy_for_any_other_denoiser():
+    """E_p[NELBO_theta(x)] >= E_p[-log p_theta(x)] >= H(p) (Gibbs) for a network that is not
+    exact, and the Monte-Carlo estimator's mean is the enumerated bound."""
+    table = JointTable.random(3, 3, seed=1)
+    net = tiny_level_net()
+    x = table.sequences
+    with torch.no_grad():
+        bound = uniform.exact_uniform_nelbo(net, x, "cosine")
+        entropy = -(table.probs * table.probs.log()).sum()
+        assert float((table.probs * bound).sum()) > float(entropy) + 0.05
+        one = x[5:6].expand(20000, -1)
+        mc = uniform.uniform_nelbo(net, one, "cosine", generator=torch.Generator().manual_seed(0))
+    se = float(mc.std()) / math.sqrt(len(mc))
+    assert abs(float(mc.mean()) - float(bound[5])) < 4 * se, (float(mc.mean()), float(bound[5]), se)
+
+
+def test_uniform_ancestral_samples_the_exact_distribution():
+    """Exact x0-predictions and many steps: the joint table; one step draws every token from its
+    marginal at once, and is rejected. Given tokens are kept."""
+    table = JointTable.random(3, 3, sharpness=2.0, seed=3)
+    exact = UniformPosterior(table)
+    z = torch.full((4000, 3), 3)
+    many = samplers.uniform_ancestral(exact, z, 200, generator=torch.Generator().manual_seed(0))
+    assert chi2_p(table.histogram(many).double(), table.probs) > 1e-3
+    one = samplers.uniform_ancestral(exact, z, 1, generator=torch.Generator().manual_seed(0))
+    assert chi2_p(table.histogram(one).double(), table.probs) < 1e-6
+    z[:, 1] = 0
+    kept = samplers.uniform_ancestral(exact, z[:50], 20, generator=generators(0, 50))
+    assert bool((kept[:, 1] == 0).all()) and bool((kept < 3).all())
+
+
+def test_uniform_model_trains_saves_and_samples(tmp_path):
+    import numpy as np
+
+    np.save(tmp_path / "tokens.npy", np.random.default_rng(0).integers(0, 5, 400))
+    config = {
+        "run": {
+            "steps": 3,
+            "checkpoint_every": 3,
+            "log_every": 1,
+            "eval_every": 3,
+            "eval_batches": 1,
+        },
+        "data": {"path": str(tmp_path / "tokens.npy"), "vocab_size": 5},
+        "model": {"kind": "uniform", "context": 8, "dim": 16, "depth": 1, "heads": 2},
+        "objective": {"schedule": "cosine"},
+        "optim": {"batch_size": 4, "warmup": 1},
+        "sample": {"sampler": "uniform_ancestral", "steps": 8, "length": 8},
+    }
+    train(config, run_dir=tmp_path / "u", progress=False)
+    model = load(str(tmp_path / "u"))
+    assert model.kind == "uniform" and model.network.config["level"]
+    out = model.generate(3, 8, steps=5, seed=0)
+    assert out.tokens.shape == (3, 8) and out.network_rows == 3 * 5
+    assert torch.equal(out.tokens[:2], model.generate(2, 8, steps=5, seed=0, batch_size=1).tokens)
+    assert bool(torch.isfinite(model.nll(out.tokens)).all())
+    with pytest.raises(ValueError, match="samples masked diffusion models"):
+        model.generate(2, 8, sampler="first_hitting")
+    with pytest.raises(ValueError, match="takes a noise level"):
+        save_text_model(tmp_path / "bad", tiny_net(), kind="uniform")
+
+
+# ------------------------------------------------------------------ output files and the CLI
+
+
+def test_sample_files_round_trip(tmp_path):
+    from difflab.text.sample_files import write_samples
+
+    texts = ["To be,\nor not", "", "\n\n", "=== sample 7 (seed 0) ===\nx", "tab\tcr\r\nend\\n"]
+    for suffix in (".txt", ".jsonl"):
+        path = write_samples(
+            tmp_path / f"s{suffix}",
+            texts,
+            seed=4,
+            sampler="threshold",
+            steps=9,
+            tokens=13,
+            prompt="To",
+        )
+        back = read_samples(path)
+        assert [r["text"] for r in back] == texts and [r["index"] for r in back] == list(range(5))
+        assert all(r["seed"] == 4 for r in back)
+    assert read_samples(tmp_path / "s.jsonl")[1] == {
+        "index": 1,
+        "seed": 4,
+        "sampler": "threshold",
+        "steps": 9,
+        "tokens": 13,
+        "prompt": "To",
+        "text": "",
+    }
+    text = (tmp_path / "s.txt").read_bytes().decode("utf-8")
+    assert text.startswith("=== sample 0 (seed 4) ===\nTo be,\nor not\n=== sample 1 (seed 4) ===\n")
+    assert format_samples(texts, 4) == text
+
+
+def test_cli_writes_jsonl_with_prompt_and_guidance(tiny_model, tmp_path):
+    out = tmp_path / "s.jsonl"
+    args = [
+        "--model",
+        str(tiny_model),
+        "--n",
+        "3",
+        "--length",
+        "10",
+        "--prompt",
+        "ab",
+        "--seed",
+        "2",
+    ]
+    args += ["--sampler", "threshold", "--threshold", "0.8", "--guidance", "2", "--out", str(out)]
+    assert main(["text", "sample", *args]) == 0
+    records = read_samples(out)
+    assert [r["index"] for r in records] == [0, 1, 2]
+    assert all(r["text"].startswith("ab") and len(r["text"]) == 10 for r in records)
+    assert records[0]["sampler"] == "threshold" and records[0]["tokens"] == 10
+    model = load(str(tiny_model))
+    again = model.generate(
+        3, 10, sampler="threshold", threshold=0.8, prompt="ab", seed=2, guidance=2.0
+    )
+    assert [r["text"] for r in records] == again.texts

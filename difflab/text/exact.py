@@ -1,5 +1,6 @@
 """An exact text model for tests: a joint distribution over all V^L sequences of a short length,
-whose x0-prediction p(x^l | unmasked tokens of z) is computed by enumeration."""
+whose x0-predictions are computed by enumeration: p(x^l | unmasked tokens of z) for masked
+diffusion, p(x^l | z_t) for uniform-state diffusion (:class:`UniformPosterior`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["JointTable"]
+__all__ = ["JointTable", "UniformPosterior"]
 
 
 class JointTable:
@@ -65,3 +66,35 @@ class JointTable:
     def histogram(self, x: Tensor | Sequence[Sequence[int]]) -> Tensor:
         """Counts of each of the V^L sequences among the rows of x."""
         return torch.bincount(self.index(torch.as_tensor(x)), minlength=len(self.probs))
+
+
+class UniformPosterior:
+    """The exact network of uniform-state diffusion (:mod:`difflab.text.uniform`) of a
+    :class:`JointTable`: called on z_t [B, L] and alpha_t [B] it returns log mu(x^l = v) [B, L, V],
+    mu = p(x^l | z_t^k for k != l), p(x | z_t^{-l}) proportional to
+    p(x) prod_{k != l} (alpha_t [z^k = x^k] + (1 - alpha_t) / V), so that
+    :func:`~difflab.text.uniform.x0_logits` makes it the posterior p(x^l | z_t) (Bayes' rule with
+    the forward process of Austin et al. 2021)."""
+
+    def __init__(self, table: JointTable) -> None:
+        self.table, self.vocab_size = table, table.vocab_size
+
+    def __call__(self, z: Tensor, alpha: Tensor) -> Tensor:
+        table, v = self.table, self.vocab_size
+        alpha = torch.as_tensor(alpha, dtype=torch.float64).expand(len(z))[:, None]
+        if bool((alpha >= 1).any()):
+            raise ValueError("alpha_t must be below 1 (at alpha 1 nothing is noised)")
+        weights = table.probs.expand(len(z), -1)
+        like = []
+        for k in range(table.length):
+            same = z[:, k, None] == table.sequences[:, k]
+            like.append(torch.where(same, alpha + (1 - alpha) / v, (1 - alpha) / v))
+            weights = weights * like[-1]
+        mu = torch.stack(  # leave out token l's own likelihood
+            [
+                (weights / like[k]) @ table._onehot[:, k * v : (k + 1) * v]
+                for k in range(table.length)
+            ],
+            1,
+        )
+        return torch.log(mu / mu.sum(-1, keepdim=True))

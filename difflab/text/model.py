@@ -1,7 +1,9 @@
 """Saved text models: ``model.safetensors`` + ``config.json``, the one model-folder format of
 :mod:`difflab.utils.folder` with type "text" (version-1 folders, format "difflab text model", load
 too), shipped in ``difflab/pretrained/<name>/`` ("shakespeare": masked diffusion;
-"shakespeare_ar": its autoregressive baseline and judge) or in any folder.
+"shakespeare_ar": its autoregressive baseline and judge) or in any folder. A model's ``kind`` is
+"masked" (absorbing-state diffusion), "uniform" (uniform-state diffusion,
+:mod:`difflab.text.uniform`) or "autoregressive".
 
     model = difflab.text.load("shakespeare")
     texts = model.generate(8, length=256, sampler="first_hitting", seed=0)
@@ -24,7 +26,9 @@ from difflab.sampling.noise import generators
 from difflab.text import samplers
 from difflab.text.data import CharTokenizer
 from difflab.text.diffusion import autoregressive_nll, nelbo
+from difflab.text.guidance import PromptGuidance
 from difflab.text.transformer import Transformer
+from difflab.text.uniform import uniform_nelbo
 from difflab.utils.folder import (
     CONFIG,
     WEIGHTS,
@@ -39,7 +43,8 @@ from difflab.utils.weights import load_state_dict_strict
 __all__ = ["KINDS", "TYPE", "Generated", "TextModel", "available", "load", "save_text_model"]
 
 TYPE = "text"  # the model-folder type (difflab.utils.folder)
-KINDS = ("masked", "autoregressive")
+KINDS = ("masked", "uniform", "autoregressive")
+DEFAULT_SAMPLER = {"masked": "first_hitting", "uniform": "uniform_ancestral"}
 SHIPPED = Path(__file__).resolve().parent.parent / "pretrained"
 
 
@@ -61,6 +66,9 @@ def save_text_model(
     if network.causal != (kind == "autoregressive"):
         need = "causal" if kind == "autoregressive" else "bidirectional"
         raise ValueError(f"a {kind} model needs a {need} network")
+    if (network.level is not None) != (kind == "uniform"):
+        need = "takes" if kind == "uniform" else "takes no"
+        raise ValueError(f"a {kind} model needs a network that {need} a noise level (level=...)")
     config = {
         "type": TYPE,
         "kind": kind,
@@ -85,7 +93,8 @@ class Generated:
 
 
 class TextModel:
-    """A trained text model: a masked diffusion model (``kind`` "masked") or an autoregressive one."""
+    """A trained text model: a masked or uniform-state diffusion model (``kind`` "masked",
+    "uniform") or an autoregressive one."""
 
     def __init__(
         self, config: dict[str, Any], network: Transformer, folder: Path | None = None
@@ -130,15 +139,17 @@ class TextModel:
 
     @property
     def schedule(self) -> str:
-        """The masking schedule it was trained with (the default of samplers and the ELBO)."""
+        """The schedule alpha_t it was trained with (the default of samplers and the ELBO)."""
         return self.config.get("schedule", "log_linear")
 
     def nll(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Nats per sequence [B]: exact -log p(x) (autoregressive) or a one-sample estimate of the
-        negative ELBO >= -log p(x) (masked; average several for a tight estimate)."""
+        negative ELBO >= -log p(x) (masked, uniform; average several for a tight estimate)."""
         with torch.no_grad():
             if self.kind == "autoregressive":
                 return autoregressive_nll(self.network, x).double().sum(1)
+            if self.kind == "uniform":
+                return uniform_nelbo(self.network, x, self.schedule, generator=generator)
             return nelbo(self.network, x, self.schedule, generator=generator)
 
     def generate(
@@ -146,20 +157,24 @@ class TextModel:
         n: int,
         length: int | None = None,
         *,
-        sampler: str = "first_hitting",
+        sampler: str | None = None,
         steps: int | None = None,
         seed: int = 0,
         batch_size: int = 64,
         prompt: str | Tensor | None = None,
+        guidance: float = 1.0,
         **options: Any,
     ) -> Generated:
-        """n samples of ``length`` tokens (default: the context) from all masks, or after the
-        ``prompt``; sample i draws from its own generator seeded by (seed, i), so it does not depend
-        on n or ``batch_size``. ``steps`` defaults to ``length`` (one token per step); options go to
-        the sampler (``temperature``, ``schedule``, ``block``, ``inner``, ...)."""
-        if self.kind != "masked":
+        """n samples of ``length`` tokens (default: the context) from all masks, or continuing the
+        ``prompt`` (its tokens are given, never resampled); sample i draws from its own generator
+        seeded by (seed, i), so it does not depend on n or ``batch_size``. ``sampler`` defaults to
+        first_hitting (masked) or uniform_ancestral (uniform); ``steps`` to ``length`` (one token
+        per step); ``guidance`` w != 1 is classifier-free guidance by the prompt
+        (:class:`~difflab.text.guidance.PromptGuidance`, masked models); options go to the sampler
+        (``temperature``, ``schedule``, ``block``, ``inner``, ``threshold``, ``remasking``, ...)."""
+        if self.kind not in DEFAULT_SAMPLER:
             raise ValueError(
-                f"{self.name} is an autoregressive model; sampling needs a masked diffusion model"
+                f"{self.name} is an autoregressive model; sampling needs a diffusion model"
             )
         for what, value in (("n", n), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -175,17 +190,38 @@ class TextModel:
             raise ValueError(
                 f"length must be an integer in 1..{self.context} (the model's context), got {length!r}"
             )
+        sampler = DEFAULT_SAMPLER[self.kind] if sampler is None else sampler
         run = samplers.get(sampler)
+        if samplers.process(sampler) != self.kind:
+            raise ValueError(
+                f"sampler {sampler!r} samples {samplers.process(sampler)} diffusion models; "
+                f"{self.name} is a {self.kind} one: use {', '.join(samplers.available(self.kind))}"
+            )
         steps = length if steps is None else steps
-        if "schedule" not in options and sampler != "confidence":
+        target = options.get("inner", "first_hitting") if sampler == "semi_ar" else sampler
+        if (
+            "schedule" not in options
+            and sampler != "confidence"
+            and samplers.accepts(target, "schedule")
+        ):
             options["schedule"] = self.schedule
         start = torch.full((length,), self.vocab_size, dtype=torch.long)
         if prompt is not None:
             given = self._encode(prompt)
             if len(given) > length:
-                raise ValueError(f"the prompt has {len(given)} tokens, more than length {length}")
+                raise ValueError(
+                    f"the prompt has {len(given)} tokens, more than the {length} to generate"
+                    + (" (the model's context)" if length == self.context else "")
+                )
             start[: len(given)] = given
+        if guidance != 1 and (prompt is None or self.kind != "masked"):
+            raise ValueError(
+                "guidance needs a prompt and a masked model: its unconditional branch masks the prompt"
+            )
         counting = CountingDenoiser(self.network)  # rows: sequences run
+        network = counting
+        if guidance != 1:
+            network = PromptGuidance(counting, start != self.vocab_size, guidance)
         device = next(self.network.parameters()).device
         gens = generators(seed, n)
         out, t0 = [], time.perf_counter()
@@ -193,7 +229,7 @@ class TextModel:
             for i in range(0, n, batch_size):
                 rows = gens[i : i + batch_size]
                 z = start.to(device).expand(len(rows), -1).clone()
-                out.append(run(counting, z, steps, generator=rows, **options).cpu())
+                out.append(run(network, z, steps, generator=rows, **options).cpu())
         tokens = torch.cat(out)
         texts = [self.tokenizer.decode(row) for row in tokens] if self.tokenizer else None
         return Generated(tokens, texts, counting.rows, time.perf_counter() - t0)

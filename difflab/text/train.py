@@ -5,7 +5,10 @@ The text task of the one training loop (:class:`difflab.training.loop.Trainer`, 
 the learning-rate schedule, clipping, accumulation, the EMA, autocast, non-finite guards, crash-safe
 checkpoints that resume exactly, ``metrics.jsonl`` and DDP): a masked diffusion model minimizes the
 MDLM negative ELBO per token (:func:`~difflab.text.diffusion.nelbo`, antithetic times, the masking
-schedule of ``objective.schedule``); an autoregressive one the next-token cross-entropy. The loss
+schedule of ``objective.schedule``); a uniform-state one (``model.kind = "uniform"``) its
+continuous-time negative ELBO (:func:`~difflab.text.uniform.uniform_nelbo`, the same schedules as
+alpha_t, a network that takes the noise level); an autoregressive one the next-token cross-entropy.
+The loss
 is in nats per token; step records add ``bits_per_token``, evaluations (``run.eval_every``) the EMA
 network's held-out ``val_bits_per_token``. The finished run ends with ``model/`` (EMA weights, type
 "text"), which :func:`difflab.text.load` opens.
@@ -26,6 +29,7 @@ from difflab.text.diffusion import autoregressive_nll, draw_masks, masked_nelbo,
 from difflab.text.masking import get as get_masking
 from difflab.text.model import KINDS, save_text_model
 from difflab.text.transformer import Transformer
+from difflab.text.uniform import draw_corruption, prior_kl, uniform_nelbo, uniform_nelbo_terms
 from difflab.training.config import LOOP_DEFAULTS, extend
 from difflab.training.loop import Task, Trainer, run
 
@@ -53,7 +57,7 @@ DEFAULTS: dict[str, dict[str, Any]] = extend(
             "mlp_ratio": 4.0,
             "dropout": 0.0,
         },
-        # the masking schedule (difflab.text.masking) of masked diffusion
+        # the schedule alpha_t (difflab.text.masking) of masked or uniform-state diffusion
         "objective": {"schedule": "log_linear"},
         "optim": {
             "lr": 1e-3,
@@ -81,8 +85,8 @@ def _data(config: dict[str, Any], split: str) -> tuple[TokenData, CharTokenizer 
 
 
 class TextTask(Task):
-    """A masked diffusion or autoregressive transformer on token windows (the config of
-    :data:`DEFAULTS`)."""
+    """A masked or uniform-state diffusion transformer or an autoregressive one on token windows
+    (the config of :data:`DEFAULTS`; ``model.kind`` picks)."""
 
     name = "text"
     cli = ("difflab", "text", "train")
@@ -99,32 +103,43 @@ class TextTask(Task):
         self.val = _data(config, "val")[0] if config["run"]["eval_every"] else None
         options = {k: v for k, v in net.items() if k != "kind"}
         network = Transformer(
-            vocab_size=self.data.vocab_size, causal=self.kind == "autoregressive", **options
+            vocab_size=self.data.vocab_size,
+            causal=self.kind == "autoregressive",
+            level=self.kind == "uniform",
+            **options,
         )
         self.vocab, self.context = network.vocab_size, network.context
         self.data.check_length(self.context)
         return network
 
     def batch(self, size: int, generator: torch.Generator) -> tuple[Tensor, ...]:
-        """Windows x0, and for masked diffusion their times t and masked z_t."""
+        """Windows x0, and for diffusion their times t and noised z_t (masked or resampled)."""
         x0 = self.data.batch(size, self.context, generator)
         if self.kind == "autoregressive":
             return (x0,)
-        return (x0, *draw_masks(x0, self.masking, self.vocab, generator=generator))
+        draw = draw_corruption if self.kind == "uniform" else draw_masks
+        return (x0, *draw(x0, self.masking, self.vocab, generator=generator))
 
     def losses(self, network: nn.Module, batch: tuple[Tensor, ...], rows: Tensor) -> Tensor:
-        """Nats per token: the negative ELBO (masked) or the cross-entropy (autoregressive)."""
+        """Nats per token: the negative ELBO (masked, uniform) or the cross-entropy
+        (autoregressive)."""
         device = self.trainer.device
         x0 = batch[0][rows].to(device)
         if self.kind == "autoregressive":
             return autoregressive_nll(network, x0, self.vocab).mean(1)
         t, z = batch[1][rows].to(device), batch[2][rows].to(device)
+        if self.kind == "uniform":
+            logits = network(z, self.masking.alpha(t))
+            terms = uniform_nelbo_terms(logits, x0, z, t, self.masking)
+            return terms / x0.shape[1] + prior_kl(self.masking, self.vocab)
         return masked_nelbo(network, x0, z, t, self.masking, self.vocab) / x0.shape[1]
 
     def loss(self, network: nn.Module, x0: Tensor, generator: torch.Generator) -> Tensor:
         """Nats per token of each sequence x0 [B] under ``network`` (draws from ``generator``)."""
         if self.kind == "autoregressive":
             return autoregressive_nll(network, x0).mean(1)
+        if self.kind == "uniform":
+            return uniform_nelbo(network, x0, self.masking, generator=generator) / x0.shape[1]
         return nelbo(network, x0, self.masking, generator=generator) / x0.shape[1]
 
     def fields(self, stats: dict[str, float]) -> dict[str, Any]:
