@@ -145,15 +145,16 @@ def hashed_normal(
     keys: Tensor, nodes: Tensor | Sequence[int], count: int, dtype: torch.dtype
 ) -> Tensor:
     """[len(nodes), len(keys), count] standard normals, entry (n, i, j) a fixed function of
-    (keys[i], nodes[n], j): Phi^-1((b + 1/2) 2^-53), b the top 53 bits of SplitMix64's output for the
-    counter key + node + (j + 1) G (the generator's stream seeded with key + node; Steele et al.
-    2014). Counter-based (Salmon et al. 2011): any node's draws without drawing the others, all of
-    them in one pass."""
+    (keys[i], nodes[n], j): Phi^-1((b + 1/2) 2^-m), b the top m bits (m = dtype's mantissa, 52 for
+    float64) of SplitMix64's output for the counter key + node + (j + 1) G (the generator's stream
+    seeded with key + node; Steele et al. 2014). Counter-based (Salmon et al. 2011): any node's
+    draws without drawing the others, all of them in one pass."""
     nodes = torch.as_tensor(nodes, dtype=torch.int64).to(keys.device)
     seeds = keys.unsqueeze(0) + nodes.unsqueeze(1)
     counters = torch.arange(1, count + 1, dtype=torch.int64, device=keys.device) * _signed(_GOLDEN)
-    bits = _srl(_mix(seeds.unsqueeze(2) + counters), 11).to(dtype)
-    return torch.special.ndtri(bits.add_(0.5).mul_(2.0**-53))
+    m = round(-math.log2(torch.finfo(dtype).eps))  # mantissa bits: (b + 1/2) 2^-m < 1 exactly
+    bits = _srl(_mix(seeds.unsqueeze(2) + counters), 64 - m).to(dtype)
+    return torch.special.ndtri(bits.add_(0.5).mul_(2.0**-m))
 
 
 def _pairwise_sum(terms: Tensor) -> Tensor:

@@ -32,7 +32,7 @@ from functools import partial
 
 from torch import Tensor
 
-from difflab.sampling.noise import NOISES
+from difflab.sampling.noise import NOISES, Noise
 from difflab.sampling.registry import SamplerGrid, register
 from difflab.sampling.samplers.stochastic import ancestral_split
 from difflab.sampling.steps import (
@@ -63,7 +63,6 @@ VARIANTS = ("taylor", "reference")
 # "taylor" takes a third-order step only where it is <= MAX_RATIO times the previous one (in lambda)
 MAX_RATIO = 3.0
 
-Noise = Callable[[], Tensor]
 Step = Callable[[SamplerGrid, Tensor, Tensor, float, float, int], Tensor]
 
 

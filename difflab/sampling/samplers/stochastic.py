@@ -28,13 +28,11 @@ import numpy as np
 from torch import Tensor
 
 from difflab.core.grids import karras
-from difflab.sampling.noise import NOISES
+from difflab.sampling.noise import NOISES, Noise
 from difflab.sampling.registry import SamplerGrid, register
 from difflab.sampling.steps import check_final, combine, ddim_step, final_step, heun_step
 
 __all__ = ["ancestral_split", "er_sde_noise_scaler", "stochastic_adams_coefficients"]
-
-Noise = Callable[[], Tensor]
 
 
 def _check(ok: bool, message: str) -> None:
