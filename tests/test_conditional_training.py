@@ -101,3 +101,7 @@ def test_a_context_network_needs_data_with_a_context(tmp_path) -> None:
     }
     with pytest.raises(ValueError, match=r"takes a context \(context_dim=2\) but data set"):
         train(config, run_dir=tmp_path / "run", progress=False)
+    np.savez(tmp_path / "other.npz", x=np.zeros((8, 4, 2), np.float32), context=np.zeros((8, 3)))
+    config["data"]["name"] = str(tmp_path / "other.npz")
+    with pytest.raises(ValueError, match=r"contexts of shape \[2\] .* contexts of shape \[3\]"):
+        train(config, run_dir=tmp_path / "run2", progress=False)

@@ -48,9 +48,9 @@ def classifier_free(
 
     guided = guide(Branches(denoiser, both), scale, sigma_interval)
 
-    def cfg(x: Tensor, sigma: Tensor | float, **cond: Any) -> Tensor:
-        if "labels" in keys:
-            cond.setdefault("labels", None)
+    def cfg(x: Tensor, sigma: Tensor | float, labels: Tensor | None = None, **cond: Any) -> Tensor:
+        if labels is not None or "labels" in keys:
+            cond["labels"] = labels
         if all(cond.get(key) is None for key in keys):
             return denoiser(x, sigma, **cond)
         return guided(x, sigma, **cond)

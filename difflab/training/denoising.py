@@ -43,6 +43,15 @@ def _for_network(data: Dataset, net: nn.Module) -> Dataset:
             f"the network takes a context (context_dim={context_dim}) but data set {data.name!r} "
             "has none: set model.context_dim = 0"
         )
+    if context_dim:
+        length = int(net.config.get("context_length", 0))
+        want = [length, context_dim] if length else [context_dim]
+        if list(data.context.shape[1:]) != want:
+            raise ValueError(
+                f"the network takes contexts of shape {want} (model.context_length, "
+                f"model.context_dim) but data set {data.name!r} has contexts of shape "
+                f"{list(data.context.shape[1:])}"
+            )
     if not context_dim and data.context is not None:
         data = Dataset(
             data.x,
