@@ -200,6 +200,9 @@ def test_nfe_is_exact(name, options):
     info, sampler = sampling.info(name), sampling.get(name)
     for steps in (*range(1, 8), 20):
         assert nfe_count(sampler, steps, **options) == info.nfe(steps), steps
+        # a grid ending above 0: one more interval without its final one-evaluation step (W2SD's
+        # stretches rely on it)
+        assert nfe_count(sampler, steps, zero=False, **options) == info.nfe(steps + 1) - 1, steps
     mix = random_mixture(2, 2, seed=0)
     for steps in (1, 2, 3, 7):  # zero terminal SNR: the grid starts at sigma = inf
         sigmas = schedules.uniform_t(steps, process=ZERO_SNR)

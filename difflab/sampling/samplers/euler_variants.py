@@ -56,14 +56,16 @@ def heunpp2(grid: SamplerGrid, x: Tensor, *, final: str = "tau") -> Tensor:
     """Heun++2: x' = x + (s' - s)(w_1 d + w_2 d_2 + w_3 d_3), w_k = s_(i+k-1) / 3 s_0 (ComfyUI).
 
     d at (x, s), d_2 at the Euler point x_2 = x + (s' - s) d at s', d_3 at the Euler point from x_2
-    at the level after s', w_1 = 1 - w_2 - w_3; the step before the last interval takes d and d_2
-    with w_2 = s' / 2 s_0, the last interval (into 0: final_step) is Euler. From Carzit's
+    at the level s'' after s', w_1 = 1 - w_2 - w_3; a step with no level s'' > 0 after it takes d
+    and d_2 with w_2 = s' / 2 s_0, and the final interval into 0 is final_step. From Carzit's
     sd-webui-samplers-scheduler (no paper); s_0 is the grid's first level. The weights sum to 1 but
     are not a quadrature of the slope: second order would need w_2 + 2 w_3 = 1/2, which the
     sigma-dependent weights meet only where s' + 2 s'' = 3 s_0 / 2, and as sigma / s_0 -> 0 the step
     becomes Euler spending 3 evaluations. First order (measured). ComfyUI's s_churn is not offered
-    (the stochastic samplers churn). NFE = 3 per interval, 2 for the one before the last, 1 for the
-    last: 3n - 3 (n >= 2)."""
+    (the stochastic samplers churn), and on a grid ending above 0 its last step is the two-slope
+    one, where ComfyUI's is Euler (as every difflab sampler, a grid ending above 0 ends with a
+    normal step). NFE = 3 per interval, 2 for the one before the last, 1 for the last: 3n - 3
+    (n >= 2)."""
     check_final(final)
     top, last = grid[0], None
     for i in range(grid.steps):
@@ -74,15 +76,13 @@ def heunpp2(grid: SamplerGrid, x: Tensor, *, final: str = "tau") -> Tensor:
         d = (x - denoised).div_(s)
         dt = nxt - s
         x_2 = x.add(d, alpha=dt)
-        last = (x, denoised, s)
-        if i == grid.steps - 1:  # a grid ending above 0: Euler
-            return x_2
         d_2 = (x_2 - grid.denoise(x_2, i + 1, stage=True)).div_(nxt)
-        if i == grid.steps - 2:
+        last = (x, denoised, s)
+        after = grid[i + 2] if i + 2 <= grid.steps else 0.0
+        if after == 0:
             w_2 = nxt / (2 * top)
             x = combine(x, 1.0, [dt * (1 - w_2), dt * w_2], [d, d_2])
             continue
-        after = grid[i + 2]
         x_3 = x_2.add(d_2, alpha=after - nxt)
         d_3 = (x_3 - grid.denoise(x_3, i + 2, stage=True)).div_(after)
         w_2, w_3 = nxt / (3 * top), after / (3 * top)
