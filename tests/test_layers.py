@@ -33,6 +33,7 @@ LAYERS = {
     "text": 4,
     "metrics": 4,
     "interop": 4,
+    "policy": 4,  # diffusion policies: sampling, training and execution of action chunks
     "cli": 5,
     "pretrained": 5,
     "__init__": 5,  # difflab/__init__.py: the top-level API

@@ -30,6 +30,7 @@ __all__ = [
     "is_model_folder",
     "load",
     "load_classifier",
+    "load_policy",
     "model_folders",
     "model_name",
     "named",
@@ -143,6 +144,17 @@ def load(name_or_path: str | os.PathLike[str], device: str | torch.device = "cpu
     """The model called ``name_or_path`` (see :func:`available`) or saved in that folder, on
     ``device``: ``difflab.load("mnist").sample(16, labels=3)``; :meth:`Model.load`."""
     return Model.load(name_or_path, device)
+
+
+def load_policy(name_or_path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Any:
+    """The policy (:class:`difflab.policy.PolicyModel`) in a folder or a run folder's ``model/``; a
+    folder of another model type is a ValueError naming its type."""
+    from difflab.policy import PolicyModel
+
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"policy folder {path} does not exist")
+    return PolicyModel.load(path, device)
 
 
 def find_local(roots: Iterable[str | os.PathLike[str]] | None = None) -> list[Path]:
