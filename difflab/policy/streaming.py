@@ -43,7 +43,8 @@ def token_levels(horizons: dict[str, int], offset: Tensor) -> Tensor:
     past, k = horizons["obs"] - 1, horizons["pred"] - horizons["obs"] + 1
     j = torch.arange(k, dtype=torch.float64)
     future = ladder((j[None] + offset.to(torch.float64)[:, None]) / k)
-    return torch.cat([torch.full((len(offset), past), LADDER["sigma_min"]), future], 1)
+    floor = torch.full((len(offset), past), LADDER["sigma_min"], dtype=torch.float64)
+    return torch.cat([floor, future], 1)
 
 
 def ladder_levels(n: int, horizons: dict[str, int], generator: torch.Generator) -> Tensor:
