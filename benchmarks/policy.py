@@ -1,0 +1,186 @@
+"""Diffusion policies on MetaWorld and toy/obstacle: success rate against NFE per action chunk, the
+baselines trained the same way (same demonstrations, budget and network), latency, and the toy's
+mode split.
+
+    .venv/bin/python benchmarks/policy.py                                  # the five tasks + toy
+    .venv/bin/python benchmarks/policy.py --tasks reach drawer-close --episodes 50 --steps 2000
+
+Per task: difflab's policy (EDM, temporal UNet) at 1, 2, 4, 8 and 16 NFE per chunk (Euler at 1,
+DPM-Solver++(2M) on the Karras grid above) and streaming (1 NFE per action), MSE behaviour cloning,
+and Diffusion Policy's recipe (DDPM eps-prediction, squaredcos_cap_v2, 100 timesteps) sampled by
+diffusers' DDPMScheduler at 100 steps and DDIMScheduler at 10. Each policy is trained by
+`difflab policy train` (configs/policy_metaworld.toml / policy_obstacle.toml) into --runs, resumed
+from its checkpoints when it exists, with its wall time; evaluation episodes are seeded from
+(--seed, i), disjoint from the demonstrations' seed 0. Success is reported with its standard error
+sqrt(p (1 - p) / n). Writes docs/policy_success.png (success against NFE). Needs the `policy`
+extra (MetaWorld) and diffusers (the DDPM/DDIM rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from difflab.policy import PolicyModel, PolicyTask, evaluate
+from difflab.training.loop import run
+from difflab.utils.images import save_png
+
+TASKS = ("reach", "button-press-topdown", "drawer-close", "push", "pick-place")
+NFES = (1, 2, 4, 8, 16)
+
+
+def sampler_for(nfe: int) -> dict:
+    """The sampler at an NFE budget per chunk: Euler at 1, DPM-Solver++(2M) / Karras above."""
+    if nfe == 1:
+        return {"sampler": "euler", "steps": 1}
+    return {"sampler": "dpmpp_2m", "steps": nfe, "schedule": "karras"}
+
+
+def trained(runs: Path, env: str, method: str, steps: int) -> tuple[PolicyModel, float]:
+    """The policy of (env, method), trained now unless --runs holds it; (policy, wall seconds)."""
+    toy = env.startswith("toy/")
+    name = f"{env.replace('/', '_')}_{method}"
+    folder = runs / name
+    timing = folder / "wall_seconds.json"
+    if not (folder / "model" / "model.safetensors").is_file():
+        config = "configs/policy_obstacle.toml" if toy else "configs/policy_metaworld.toml"
+        start = time.perf_counter()
+        overrides = [
+            f"data.env={env}",
+            f"policy.method={method}",
+            f"run.steps={steps}",
+            "run.tensorboard=false",
+        ]
+        run(PolicyTask(), config, overrides, folder, progress=False)
+        timing.write_text(json.dumps(time.perf_counter() - start))
+    seconds = json.loads(timing.read_text()) if timing.is_file() else math.nan
+    return PolicyModel.load(folder), seconds
+
+
+def row(label: str, result: dict, train_s: float) -> dict:
+    return {"policy": label, **result, "train_s": train_s}
+
+
+def bench_task(env: str, args: argparse.Namespace) -> list[dict]:
+    rows = []
+    common = {"num_envs": args.num_envs}
+    policy, seconds = trained(args.runs, env, "diffusion", args.steps)
+    for nfe in args.nfe:
+        r = evaluate(policy, env, args.episodes, args.seed, **common, **sampler_for(nfe))
+        rows.append(row(f"difflab {nfe} NFE", r, seconds))
+    r = evaluate(
+        policy, env, args.episodes, args.seed, streaming=True, **common, steps=4, sampler="dpmpp_2m"
+    )
+    rows.append(row("difflab streaming", r, seconds))
+    mse, seconds = trained(args.runs, env, "mse", args.steps)
+    rows.append(row("MSE-BC", evaluate(mse, env, args.episodes, args.seed, **common), seconds))
+    if not env.startswith("toy/"):
+        ddpm, seconds = trained(args.runs, env, "ddpm", args.steps)
+        for sampler in ("diffusers_ddpm", "diffusers_ddim"):
+            r = evaluate(ddpm, env, args.episodes, args.seed, sampler=sampler, **common)
+            rows.append(row(f"DDPM recipe, {sampler}", r, seconds))
+    return rows
+
+
+def plot(results: dict[str, list[dict]], path: Path) -> None:
+    """Success against NFE per chunk (log axis), one line per task."""
+    width, height, left, right, top, bottom = 760, 440, 70, 560, 30, 380
+    image = Image.new("RGB", (width, height), "white")
+    draw, font = ImageDraw.Draw(image), ImageFont.load_default(size=14)
+    lo, hi = math.log2(min(NFES)), math.log2(max(NFES))
+
+    def px(nfe, s):
+        return (
+            left + (math.log2(nfe) - lo) / (hi - lo) * (right - left),
+            bottom - s * (bottom - top),
+        )
+
+    for nfe in NFES:
+        x, _ = px(nfe, 0)
+        draw.line([(x, top), (x, bottom)], fill=(225, 225, 225))
+        draw.text((x, bottom + 6), str(nfe), fill="black", font=font, anchor="mt")
+    for s in (0, 0.25, 0.5, 0.75, 1.0):
+        _, y = px(1, s)
+        draw.line([(left, y), (right, y)], fill=(225, 225, 225))
+        draw.text((left - 6, y), f"{s:.2f}", fill="black", font=font, anchor="rm")
+    colors = [
+        (31, 119, 180),
+        (255, 127, 14),
+        (44, 160, 44),
+        (214, 39, 40),
+        (148, 103, 189),
+        (140, 86, 75),
+    ]
+    for (env, rows), color in zip(results.items(), colors):
+        points = [
+            px(r["nfe_per_chunk"], r["success_rate"]) for r in rows if r["policy"].endswith(" NFE")
+        ]
+        draw.line(points, fill=color, width=3)
+        draw.text((right + 12, points[-1][1]), env, fill=color, font=font, anchor="lm")
+    draw.text(
+        ((left + right) / 2, height - 20),
+        "NFE per action chunk",
+        fill="black",
+        font=font,
+        anchor="mm",
+    )
+    draw.text((left, 12), "success rate", fill="black", font=font, anchor="lm")
+    save_png(image, path)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--tasks", nargs="+", default=TASKS, help="MetaWorld task names")
+    p.add_argument("--toy", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--episodes", type=int, default=50)
+    p.add_argument("--seed", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=2000, help="training steps of each policy")
+    p.add_argument("--nfe", type=int, nargs="+", default=NFES)
+    p.add_argument("--num-envs", type=int, default=50)
+    p.add_argument("--runs", type=Path, default=Path("runs/bench_policy"))
+    p.add_argument("--plot", type=Path, default=Path("docs/policy_success.png"))
+    p.add_argument("--json", type=Path, default=None, help="also write every row here")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    envs = ([("toy/obstacle")] if args.toy else []) + [f"metaworld/{t}" for t in args.tasks]
+    print(f"{args.episodes} episodes per row, seed {args.seed}, {args.steps} training steps\n")
+    print(
+        "| task | policy | success | NFE / chunk | NFE / action | ms / action | modes | train s |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    results = {}
+    for env in envs:
+        rows = bench_task(env, args)
+        results[env] = rows
+        for r in rows:
+            modes = ", ".join(f"{k} {v:.2f}" for k, v in r.get("modes", {}).items())
+            print(
+                f"| {env} | {r['policy']} | {r['success_rate']:.2f} ± {r['success_se']:.2f} | "
+                f"{r['nfe_per_chunk']} | {r['nfe_per_action']:.3g} | {r['ms_per_action']:.2f} | "
+                f"{modes} | {r['train_s']:.0f} |",
+                flush=True,
+            )
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1))
+    metaworld = {k: v for k, v in results.items() if k.startswith("metaworld/")}
+    if metaworld:
+        plot(metaworld, args.plot)
+        for label in [r["policy"] for r in next(iter(metaworld.values()))]:
+            rates = [
+                r["success_rate"]
+                for rows in metaworld.values()
+                for r in rows
+                if r["policy"] == label
+            ]
+            print(f"mean success over {len(rates)} tasks, {label}: {sum(rates) / len(rates):.3f}")
+        print(f"wrote {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
