@@ -24,11 +24,11 @@ at least to 4096; uncached ancestral gives the same samples, so it is only timed
 ``--uncached-max`` steps, longer runs being that time per step times their steps). Target:
 first-hitting at L steps at least 10x the tokens/s of ancestral where ancestral matches it.
 decoders: the dLLM decoders (LLaDA's low-confidence and random remasking on a linear schedule, in
-blocks of 32 as LLaDA decodes, Fast-dLLM's threshold parallel decoding alone and in blocks, ReMDM's
-cap / rescale / conf / loop) and the uniform model's ancestral sampler. Target: threshold decoding at
->= 3x the tokens/s of first-hitting at equal generative perplexity (within one standard error).
-prompted: continuations of ``--prompt`` with classifier-free guidance by the prompt (weight 1:
-none).
+blocks of 32 as LLaDA decodes, Fast-dLLM's threshold parallel decoding alone and in blocks,
+ReMDM's cap / rescale / conf / loop) and the uniform model's ancestral sampler. Target:
+threshold decoding at >= 3x the tokens/s of first-hitting at equal generative perplexity (within
+one standard error). prompted: continuations of ``--prompt`` with classifier-free guidance by the
+prompt (weight 1: none).
 
     .venv/bin/python benchmarks/text.py             # n=64 per row: a few hours of one core
     .venv/bin/python benchmarks/text.py --quick     # n=8, fewer rows and steps: ~15 min

@@ -606,8 +606,8 @@ class Oracle:
 @pytest.mark.parametrize("rule", ["cap", "rescale", "loop", "conf"])
 def test_remdm_keeps_every_token_marginal_except_conf(rule):
     """ReMDM's Thm. 3.1: with x known, P(token l unmasked after the step to s) = alpha_s whatever
-    sigma_t <= sigma_max (loop: alpha_on on its constant stretch), though tokens are remasked all the
-    time; conf's sigma depends on z, and its unmasked share falls behind."""
+    sigma_t <= sigma_max (loop: alpha_on on its constant stretch), though tokens are remasked all
+    the time; conf's sigma depends on z, and its unmasked share falls behind."""
     n, length, steps = 256, 64, 20
     x = torch.randint(0, 2, (n, length), generator=torch.Generator().manual_seed(0))
     unmasked, remasked = [], [0]

@@ -216,7 +216,8 @@ class TextModel:
             start[: len(given)] = given
         if guidance != 1 and (prompt is None or self.kind != "masked"):
             raise ValueError(
-                "guidance needs a prompt and a masked model: its unconditional branch masks the prompt"
+                "guidance needs a prompt and a masked model: the unconditional branch masks the "
+                "prompt"
             )
         counting = CountingDenoiser(self.network)  # rows: sequences run
         network = counting

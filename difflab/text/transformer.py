@@ -43,11 +43,11 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """Token embeddings, ``depth`` pre-LN blocks whose attention carries rotary position embeddings
     (Su et al. 2021; MDLM's backbone uses them too: a bidirectional model learns relative positions
-    far faster than from learned absolute ones), LayerNorm, linear head to V logits (the extra input id V is never predicted). ``causal`` makes
-    position i see positions <= i only. ``level``: the network takes a noise level alpha [B] in
-    [0, 1] too, ``net(tokens, alpha)``, added to every token embedding as e(1000 (1 - alpha)) (the
-    DDPM positional time embedding, Ho et al. 2020). ``config`` rebuilds the same network:
-    ``Transformer(**net.config)``."""
+    far faster than from learned absolute ones), LayerNorm, linear head to V logits (the extra
+    input id V is never predicted). ``causal`` makes position i see positions <= i only.
+    ``level``: the network takes a noise level alpha [B] in [0, 1] too, ``net(tokens, alpha)``,
+    added to every token embedding as e(1000 (1 - alpha)) (the DDPM positional time embedding, Ho
+    et al. 2020). ``config`` rebuilds the same network: ``Transformer(**net.config)``."""
 
     def __init__(
         self,
