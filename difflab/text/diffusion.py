@@ -112,6 +112,19 @@ def draw_masks(
     """(t [B], z_t [B, L]) of :func:`nelbo`'s estimate: t per sequence (default
     :func:`antithetic_times`), then z_t ~ q(z_t | x0) with mask id ``vocab``, in that order from
     ``generator``."""
+    schedule, t = corruption_times(x0, schedule, vocab, t, generator)
+    return t, mask(x0, schedule.alpha(t), vocab, generator)
+
+
+def corruption_times(
+    x0: Tensor,
+    schedule: str | Masking,
+    vocab: int,
+    t: Tensor | float | None = None,
+    generator: Generator = None,
+) -> tuple[Masking, Tensor]:
+    """(schedule, t [B]) for corrupting x0: the tokens checked, t given or drawn antithetically
+    from ``generator`` (the first draw of an ELBO estimate), each in (0, 1]."""
     schedule = get_masking(schedule)
     check_tokens(x0, vocab)
     if t is None:
@@ -120,7 +133,7 @@ def draw_masks(
     t = torch.as_tensor(t, dtype=torch.float64, device=x0.device).expand(x0.shape[0])
     if not bool(((t > 0) & (t <= 1)).all()):
         raise ValueError("times t must lie in (0, 1]")
-    return t, mask(x0, schedule.alpha(t), vocab, generator)
+    return schedule, t
 
 
 def masked_nelbo(

@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from difflab.sampling.noise import rand
-from difflab.text.diffusion import antithetic_times, check_tokens, vocab_size
+from difflab.text.diffusion import check_tokens, corruption_times, vocab_size
 from difflab.text.masking import Masking
 from difflab.text.masking import get as get_masking
 
@@ -88,14 +88,7 @@ def draw_corruption(
 ) -> tuple[Tensor, Tensor]:
     """(t [B], z_t [B, L]) of :func:`uniform_nelbo`'s estimate: t per sequence (default
     :func:`~difflab.text.diffusion.antithetic_times`), then z_t ~ q(z_t | x0), in that order."""
-    schedule = get_masking(schedule)
-    check_tokens(x0, vocab)
-    if t is None:
-        g = generator if isinstance(generator, torch.Generator) else None
-        t = antithetic_times(x0.shape[0], g, x0.device)
-    t = torch.as_tensor(t, dtype=torch.float64, device=x0.device).expand(x0.shape[0])
-    if not bool(((t > 0) & (t <= 1)).all()):
-        raise ValueError("times t must lie in (0, 1]")
+    schedule, t = corruption_times(x0, schedule, vocab, t, generator)
     return t, corrupt(x0, schedule.alpha(t), vocab, generator)
 
 
