@@ -19,6 +19,7 @@ extra (MetaWorld) and diffusers (the DDPM/DDIM rows).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import time
@@ -117,12 +118,18 @@ def plot(results: dict[str, list[dict]], path: Path) -> None:
         (148, 103, 189),
         (140, 86, 75),
     ]
+    labels = []
     for (env, rows), color in zip(results.items(), colors):
         points = [
             px(r["nfe_per_chunk"], r["success_rate"]) for r in rows if r["policy"].endswith(" NFE")
         ]
         draw.line(points, fill=color, width=3)
-        draw.text((right + 12, points[-1][1]), env, fill=color, font=font, anchor="lm")
+        labels.append([points[-1][1], env.split("/")[-1], color])
+    labels.sort(key=lambda label: label[0])
+    for above, below in itertools.pairwise(labels):  # lines ending together: labels 16 px apart
+        below[0] = max(below[0], above[0] + 16)
+    for y, name, color in labels:
+        draw.text((right + 12, y), name, fill=color, font=font, anchor="lm")
     draw.text(
         ((left + right) / 2, height - 20),
         "NFE per action chunk",
