@@ -196,7 +196,8 @@ class Demos:
         observations and actions repeat its first ones; after its last step the actions repeat its
         last one (observations never run past the end). Current times t: every step of the episode
         when ``action_horizon`` is None; with Ta = ``action_horizon``, Diffusion Policy's set,
-        t <= T - H + Ta + To - 2, whose executed actions all lie inside the episode.
+        t <= T - H + Ta + To - 2: a chunk reaches at most Ta - 1 steps past the episode's last step
+        (pad_after), so the last windows' executed actions may include its repeated last action.
         """
         to, h = obs_horizon, pred_horizon
         if to < 1 or h < to:
