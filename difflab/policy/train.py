@@ -38,7 +38,7 @@ from difflab.acceleration.reflow import GridLevels, reflow_loss, reflow_pairs
 from difflab.core import processes
 from difflab.data.demos import Demos
 from difflab.envs import collect, make
-from difflab.policy.model import PolicyModel
+from difflab.policy.model import SAMPLE_DEFAULTS, PolicyModel
 from difflab.policy.streaming import ladder_levels
 from difflab.training.checkpoint import Checkpoint
 from difflab.training.config import LOOP_DEFAULTS, extend
@@ -94,14 +94,7 @@ DEFAULTS: dict[str, dict[str, Any]] = extend(
             "weight_decay": 1e-6,
         },
         "ema": {"kind": "power", "sigma_rel": 0.05},
-        "sample": {
-            "sampler": "heun",
-            "schedule": "karras",
-            "steps": 5,
-            "guidance": 1.0,
-            "sigma_min": 0.0,
-            "sigma_max": 0.0,
-        },
+        "sample": dict(SAMPLE_DEFAULTS),
     },
 )
 FREE = ("model", "objective")
