@@ -6,11 +6,12 @@ mode split.
     .venv/bin/python benchmarks/policy.py --tasks reach drawer-close --episodes 50 --steps 2000
 
 Per task: difflab's policy (EDM, temporal UNet) at 1, 2, 4, 8 and 16 NFE per chunk (Euler at 1,
-DPM-Solver++(2M) on the Karras grid above) and streaming (1 NFE per action), MSE behaviour cloning,
-and Diffusion Policy's recipe (DDPM eps-prediction, squaredcos_cap_v2, 100 timesteps) sampled by
+DPM-Solver++(2M) on the Karras grid above), streaming (1 NFE per action), a reflow student of it
+(Euler on its 2-step grid, trained --reflow-steps more), MSE behaviour cloning, and Diffusion
+Policy's recipe (DDPM eps-prediction, squaredcos_cap_v2, 100 timesteps) sampled by
 diffusers' DDPMScheduler at 100 steps and DDIMScheduler at 10. Each policy is trained by
-`difflab policy train` (configs/policy_metaworld.toml / policy_obstacle.toml) into --runs, resumed
-from its checkpoints when it exists, with its wall time; evaluation episodes are seeded from
+`difflab policy train` (configs/policy_metaworld.toml / policy_obstacle.toml) into --runs, --jobs
+at a time, resumed from its checkpoints when it exists, with its wall time; evaluation episodes are seeded from
 (--seed, i), disjoint from the demonstrations' seed 0. Success is reported with its standard error
 sqrt(p (1 - p) / n). Writes docs/policy_success.png (success against NFE). Needs the `policy`
 extra (MetaWorld) and diffusers (the DDPM/DDIM rows).
@@ -22,7 +23,9 @@ import argparse
 import itertools
 import json
 import math
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -36,6 +39,9 @@ TASKS = ("reach", "button-press-topdown", "drawer-close", "push", "pick-place")
 NFES = (1, 2, 4, 8, 16)
 
 
+STUDENT = {"sampler": "euler", "steps": 2, "schedule": "karras"}  # the reflow student's grid
+
+
 def sampler_for(nfe: int) -> dict:
     """The sampler at an NFE budget per chunk: Euler at 1, DPM-Solver++(2M) / Karras above."""
     if nfe == 1:
@@ -43,25 +49,54 @@ def sampler_for(nfe: int) -> dict:
     return {"sampler": "dpmpp_2m", "steps": nfe, "schedule": "karras"}
 
 
-def trained(runs: Path, env: str, method: str, steps: int) -> tuple[PolicyModel, float]:
-    """The policy of (env, method), trained now unless --runs holds it; (policy, wall seconds)."""
-    toy = env.startswith("toy/")
-    name = f"{env.replace('/', '_')}_{method}"
-    folder = runs / name
+def folder_of(runs: Path, env: str, method: str) -> Path:
+    return runs / f"{env.replace('/', '_')}_{method}"
+
+
+def train(runs: Path, env: str, method: str, steps: int) -> None:
+    """Train the policy of (env, method) into --runs unless it is there (resuming from its
+    checkpoints), recording its wall time; the reflow student's teacher is the diffusion policy."""
+    folder = folder_of(runs, env, method)
+    if (folder / "model" / "model.safetensors").is_file():
+        return
+    torch.set_num_threads(1)
+    config = (
+        "configs/policy_obstacle.toml"
+        if env.startswith("toy/")
+        else "configs/policy_metaworld.toml"
+    )
+    overrides = [f"data.env={env}", f"policy.method={method}", f"run.steps={steps}"]
+    if method == "reflow":
+        teacher = folder_of(runs, env, "diffusion") / "model"
+        overrides += [f"policy.teacher={teacher}", *(f"sample.{k}={v}" for k, v in STUDENT.items())]
+    start = time.perf_counter()
+    run(PolicyTask(), config, [*overrides, "run.tensorboard=false"], folder, progress=False)
+    (folder / "wall_seconds.json").write_text(json.dumps(time.perf_counter() - start))
+
+
+def train_all(jobs: list[tuple[str, str, int]], args: argparse.Namespace) -> None:
+    """Every (env, method, steps) job, --jobs processes at a time (one thread each)."""
+    if args.jobs == 1:
+        for job in jobs:
+            train(args.runs, *job)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+        for done in [pool.submit(train, args.runs, *job) for job in jobs]:
+            done.result()
+
+
+def trained(runs: Path, env: str, method: str) -> tuple[PolicyModel, float]:
+    """The trained policy of (env, method) and its training wall seconds."""
+    folder = folder_of(runs, env, method)
     timing = folder / "wall_seconds.json"
-    if not (folder / "model" / "model.safetensors").is_file():
-        config = "configs/policy_obstacle.toml" if toy else "configs/policy_metaworld.toml"
-        start = time.perf_counter()
-        overrides = [
-            f"data.env={env}",
-            f"policy.method={method}",
-            f"run.steps={steps}",
-            "run.tensorboard=false",
-        ]
-        run(PolicyTask(), config, overrides, folder, progress=False)
-        timing.write_text(json.dumps(time.perf_counter() - start))
     seconds = json.loads(timing.read_text()) if timing.is_file() else math.nan
     return PolicyModel.load(folder), seconds
+
+
+def methods(env: str) -> tuple[str, ...]:
+    """The policies trained per task: the toy has no DDPM-recipe rows."""
+    return ("diffusion", "mse") if env.startswith("toy/") else ("diffusion", "mse", "ddpm")
 
 
 def row(label: str, result: dict, train_s: float) -> dict:
@@ -71,18 +106,21 @@ def row(label: str, result: dict, train_s: float) -> dict:
 def bench_task(env: str, args: argparse.Namespace) -> list[dict]:
     rows = []
     common = {"num_envs": args.num_envs}
-    policy, seconds = trained(args.runs, env, "diffusion", args.steps)
+    policy, seconds = trained(args.runs, env, "diffusion")
     for nfe in args.nfe:
         r = evaluate(policy, env, args.episodes, args.seed, **common, **sampler_for(nfe))
-        rows.append(row(f"difflab {nfe} NFE", r, seconds))
+        rows.append(row(f"difflab {nfe} NFE", r, seconds) | {"sweep": True})
     r = evaluate(
         policy, env, args.episodes, args.seed, streaming=True, **common, steps=4, sampler="dpmpp_2m"
     )
     rows.append(row("difflab streaming", r, seconds))
-    mse, seconds = trained(args.runs, env, "mse", args.steps)
+    student, extra = trained(args.runs, env, "reflow")
+    r = evaluate(student, env, args.episodes, args.seed, **common)
+    rows.append(row(f"difflab reflow student {r['nfe_per_chunk']} NFE", r, seconds + extra))
+    mse, seconds = trained(args.runs, env, "mse")
     rows.append(row("MSE-BC", evaluate(mse, env, args.episodes, args.seed, **common), seconds))
     if not env.startswith("toy/"):
-        ddpm, seconds = trained(args.runs, env, "ddpm", args.steps)
+        ddpm, seconds = trained(args.runs, env, "ddpm")
         for sampler in ("diffusers_ddpm", "diffusers_ddim"):
             r = evaluate(ddpm, env, args.episodes, args.seed, sampler=sampler, **common)
             rows.append(row(f"DDPM recipe, {sampler}", r, seconds))
@@ -120,9 +158,7 @@ def plot(results: dict[str, list[dict]], path: Path) -> None:
     ]
     labels = []
     for (env, rows), color in zip(results.items(), colors):
-        points = [
-            px(r["nfe_per_chunk"], r["success_rate"]) for r in rows if r["policy"].endswith(" NFE")
-        ]
+        points = [px(r["nfe_per_chunk"], r["success_rate"]) for r in rows if r.get("sweep")]
         draw.line(points, fill=color, width=3)
         labels.append([points[-1][1], env.split("/")[-1], color])
     labels.sort(key=lambda label: label[0])
@@ -141,13 +177,27 @@ def plot(results: dict[str, list[dict]], path: Path) -> None:
     save_png(image, path)
 
 
+def targets(means: dict[str, float]) -> None:
+    """Issue 21's targets on the task means: >= 0.9 at <= 8 NFE and >= DDPM-100 there; at 2 NFE
+    (sampler or student) within 0.05 of DDPM-100."""
+    ddpm = means.get("DDPM recipe, diffusers_ddpm", math.nan)
+    best8 = max(v for k, v in means.items() if k.endswith(" NFE") and int(k.split()[-2]) <= 8)
+    best2 = max(v for k, v in means.items() if k.endswith(" 2 NFE"))
+    print(f"best at <= 8 NFE {best8:.3f} (target >= 0.9 and >= DDPM-100's {ddpm:.3f})")
+    print(f"best at 2 NFE {best2:.3f} (target >= DDPM-100 - 0.05 = {ddpm - 0.05:.3f})")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--tasks", nargs="+", default=TASKS, help="MetaWorld task names")
     p.add_argument("--toy", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--episodes", type=int, default=50)
     p.add_argument("--seed", type=int, default=1000)
-    p.add_argument("--steps", type=int, default=2000, help="training steps of each policy")
+    p.add_argument("--steps", type=int, default=6000, help="training steps of each policy")
+    p.add_argument(
+        "--reflow-steps", type=int, default=2000, help="training steps of each reflow student"
+    )
+    p.add_argument("--jobs", type=int, default=2, help="policies trained at once (1 thread each)")
     p.add_argument("--nfe", type=int, nargs="+", default=NFES)
     p.add_argument("--num-envs", type=int, default=50)
     p.add_argument("--runs", type=Path, default=Path("runs/bench_policy"))
@@ -156,7 +206,13 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     envs = ([("toy/obstacle")] if args.toy else []) + [f"metaworld/{t}" for t in args.tasks]
-    print(f"{args.episodes} episodes per row, seed {args.seed}, {args.steps} training steps\n")
+    jobs = [(env, m, args.steps) for env in envs for m in methods(env)]
+    train_all(jobs, args)
+    train_all([(env, "reflow", args.reflow_steps) for env in envs], args)
+    print(
+        f"{args.episodes} episodes per row, seed {args.seed}, {args.steps} training steps "
+        f"({args.reflow_steps} more for the reflow students)\n"
+    )
     print(
         "| task | policy | success | NFE / chunk | NFE / action | ms / action | modes | train s |"
     )
@@ -178,6 +234,7 @@ def main() -> None:
     metaworld = {k: v for k, v in results.items() if k.startswith("metaworld/")}
     if metaworld:
         plot(metaworld, args.plot)
+        means = {}
         for label in [r["policy"] for r in next(iter(metaworld.values()))]:
             rates = [
                 r["success_rate"]
@@ -185,7 +242,9 @@ def main() -> None:
                 for r in rows
                 if r["policy"] == label
             ]
-            print(f"mean success over {len(rates)} tasks, {label}: {sum(rates) / len(rates):.3f}")
+            means[label] = sum(rates) / len(rates)
+            print(f"mean success over {len(rates)} tasks, {label}: {means[label]:.3f}")
+        targets(means)
         print(f"wrote {args.plot}")
 
 
