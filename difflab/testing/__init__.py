@@ -1,5 +1,6 @@
 """Exact models and checks that judge samplers, schedules, guidance and inversion (DESIGN.md)."""
 
+from difflab.testing.ar1 import AR1
 from difflab.testing.gmm import (
     FlowSolution,
     GaussianMixture,
@@ -11,6 +12,7 @@ from difflab.testing.gmm import (
 from difflab.testing.posterior import LinearGaussianProblem, projection_problem
 
 __all__ = [
+    "AR1",
     "FlowSolution",
     "GaussianMixture",
     "LinearGaussianProblem",
