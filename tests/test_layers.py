@@ -34,6 +34,7 @@ LAYERS = {
     "metrics": 4,
     "interop": 4,
     "policy": 4,  # diffusion policies: sampling, training and execution of action chunks
+    "timeseries": 4,  # probabilistic forecasting and imputation with diffusion; baselines
     "cli": 5,
     "pretrained": 5,
     "__init__": 5,  # difflab/__init__.py: the top-level API
