@@ -6,7 +6,7 @@
 
 Images are [B, C, H, W] ("unet", "dit"), vectors [B, D] ("mlp"), sequences [B, T, D] (horizon,
 features: "temporal_unet", Diffusion Policy's network; "sequence_transformer", with one noise level
-per token, time input [B, T]). Besides class labels every network takes a context (``context_dim``:
+per token, time input [B, T]; "csdi", attention over time and features of a multivariate window). Besides class labels every network takes a context (``context_dim``:
 a vector [B, Dc] or, with ``context_length``, a sequence [B, Tc, Dc]) and given entries (``mask``,
 ``given`` with ``given_input``): :mod:`difflab.models.context`.
 
@@ -24,6 +24,7 @@ from difflab.models.attention import (
     perturbed_attention,
 )
 from difflab.models.classifiers import MnistClassifier, NoisyClassifier
+from difflab.models.csdi import CSDI
 from difflab.models.dit import DiT
 from difflab.models.mlp import MLP
 from difflab.models.registry import Network, available, build, register
@@ -34,6 +35,7 @@ from difflab.models.temporal_unet import TemporalUNet
 from difflab.models.unet import UNet
 
 __all__ = [
+    "CSDI",
     "MLP",
     "Attention",
     "DiT",

@@ -34,6 +34,7 @@ from difflab.data.normalization import Normalizer
 from difflab.guidance import classifier_free
 from difflab.policy.recipes import SCHEDULERS, scheduler_sample
 from difflab.utils.folder import WEIGHTS, read_folder_config, read_folder_weights, save_folder
+from difflab.utils.folder import model_folder as policy_folder
 from difflab.utils.weights import load_state_dict_strict
 
 __all__ = ["METHODS", "SAMPLE_DEFAULTS", "TYPE", "PolicyModel", "policy_folder"]
@@ -49,14 +50,6 @@ SAMPLE_DEFAULTS: dict[str, Any] = {
     "sigma_max": 0.0,
 }
 _KEYS = ("network", "parameterization", "method", "horizons", "dims", "env", "sample")
-
-
-def policy_folder(path: str | os.PathLike[str]) -> Path:
-    """The policy folder of ``path``: the folder itself, or a training run's ``model/``."""
-    path = Path(path)
-    if not (path / WEIGHTS).is_file() and (path / "model" / WEIGHTS).is_file():
-        return path / "model"
-    return path
 
 
 class PolicyModel(nn.Module):

@@ -62,10 +62,13 @@ def denoising_loss(
     eps: Tensor,
     sigma: Tensor,
     weighting: Weighting | str = "uniform",
+    where: Tensor | None = None,
     **cond: Any,
 ) -> Tensor:
     """Per-sample losses [B]: mean over elements of (lambda / g^2)(sigma) (out - target)^2, which is
-    lambda(sigma) ||D(x0 + sigma eps, sigma) - x0||^2 / n_elements (Kingma & Gao 2023, eq. 1).
+    lambda(sigma) ||D(x0 + sigma eps, sigma) - x0||^2 / n_elements (Kingma & Gao 2023, eq. 1); with
+    ``where`` (bool, broadcasting to x0) the mean over the elements it marks only (CSDI's loss on
+    the target entries, Tashiro et al. 2021; 0 for a sample with none).
 
     ``sigma`` is sigma_ve: a scalar, one per sample [B], or any shape that broadcasts against x0 from
     the left (one noise level per frame, token or element). x0 and eps are fixed inputs, so tests and
@@ -90,7 +93,11 @@ def denoising_loss(
     s = broadcast_sigma(sigma.to(torch.float64), x0)
     error = out - target
     weight = weighting.output_weight(s, g, h).to(error.dtype)
-    return (weight * error.square()).reshape(x0.shape[0], -1).mean(1)
+    loss = (weight * error.square()).reshape(x0.shape[0], -1)
+    if where is None:
+        return loss.mean(1)
+    scored = where.to(loss.device, torch.bool).expand(x0.shape).reshape(x0.shape[0], -1)
+    return torch.where(scored, loss, 0.0).sum(1) / scored.sum(1).clamp_min(1)
 
 
 def drop_context(context: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:

@@ -38,6 +38,7 @@ __all__ = [
     "folder_name",
     "folder_type",
     "is_model_folder",
+    "model_folder",
     "read_folder_config",
     "read_folder_weights",
     "save_folder",
@@ -131,6 +132,14 @@ def is_model_folder(path: PathLike, expected: str | None = None) -> bool:
     except (OSError, ValueError):
         return False
     return kind is not None and (expected is None or kind == expected)
+
+
+def model_folder(path: PathLike) -> Path:
+    """The model folder of ``path``: the folder itself, or a training run's ``model/``."""
+    path = Path(path)
+    if not (path / WEIGHTS).is_file() and (path / "model" / WEIGHTS).is_file():
+        return path / "model"
+    return path
 
 
 def folder_name(folder: PathLike) -> str:
