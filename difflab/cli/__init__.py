@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "distill",
     "restore",
     "policy",
+    "ts",
 )
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "load",
     "load_classifier",
     "load_policy",
+    "load_timeseries",
     "model_folders",
     "model_name",
     "named",
@@ -155,6 +156,19 @@ def load_policy(name_or_path: str | os.PathLike[str], device: str | torch.device
     if not path.exists():
         raise FileNotFoundError(f"policy folder {path} does not exist")
     return PolicyModel.load(path, device)
+
+
+def load_timeseries(
+    name_or_path: str | os.PathLike[str], device: str | torch.device = "cpu"
+) -> Any:
+    """The time-series model (:class:`difflab.timeseries.TimeSeriesModel`) in a folder or a run
+    folder's ``model/``; a folder of another model type is a ValueError naming its type."""
+    from difflab.timeseries import TimeSeriesModel
+
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"time-series model folder {path} does not exist")
+    return TimeSeriesModel.load(path, device)
 
 
 def find_local(roots: Iterable[str | os.PathLike[str]] | None = None) -> list[Path]:
