@@ -16,7 +16,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -24,11 +24,13 @@ from torch import Tensor
 
 from difflab.core.tensors import as_tensor, check_finite, check_name, unknown_name
 from difflab.sampling.noise import NOISES, noise_source
+from difflab.sampling.transitions import Step, draw
 
 __all__ = [
     "Callback",
     "SamplerGrid",
     "SamplerInfo",
+    "StepFactory",
     "available",
     "get",
     "info",
@@ -39,6 +41,7 @@ __all__ = [
 ]
 
 Callback = Callable[[int, float, Tensor, Tensor], None]
+StepFactory = Callable[["SamplerGrid", Tensor, str], Step]  # (grid, x, noise kind) -> a Step
 
 
 class DenoiserFn(Protocol):
@@ -111,6 +114,51 @@ class SamplerInfo:
     summary: str
     adaptive: bool = False  # step count chosen at run time; the NFE is reported in ``stats``
     noises: tuple[str, ...] = ("gaussian",)  # noise sources (stochastic samplers), default first
+    transitions: bool = False  # written as Gaussian transitions (difflab.sampling.transitions)
+    body: Callable[..., Tensor] | None = field(default=None, repr=False, compare=False)
+    options: frozenset[str] = frozenset()  # the options the sampler accepts
+
+    def run(
+        self,
+        denoiser: DenoiserFn,
+        x: Tensor,
+        sigmas: Tensor | Sequence[float],
+        options: dict[str, Any],
+        *,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        callback: Callback | None = None,
+        cond: dict[str, Any] | None = None,
+        steps: StepFactory | None = None,
+    ) -> Tensor:
+        """Validate a call, start from sigma = inf if the grid does (module docstring) and run the
+        body; ``steps`` builds the body's :class:`~difflab.sampling.transitions.Step` (a sampler
+        written as transitions; default: draw the noise from ``generator``)."""
+        unknown = set(options) - self.options
+        if unknown:
+            raise unknown_name(
+                f"option for sampler {self.name!r}", sorted(unknown)[0], self.options
+            )
+        kind = options.pop("noise", self.noises[0])
+        if kind not in self.noises:
+            raise ValueError(
+                f"{self.name}: unknown noise {kind!r}; valid: {', '.join(self.noises)}"
+            )
+        s = validate(x, sigmas)
+        offset = 0
+        if math.isinf(s[0]):  # zero terminal SNR: x is the unit noise; see the module docstring
+            start = SamplerGrid(denoiser, x, s[:1], cond, callback)
+            x = start.denoise(x, 0) + s[1] * x
+            s, offset = s[1:], 1
+            if len(s) == 1:
+                return x
+        grid = SamplerGrid(denoiser, x, s, cond, callback, offset)
+        extra: dict[str, Any] = {}
+        if self.transitions:
+            extra["step"] = (steps or _sampling_step(generator))(grid, x, kind)
+        elif self.stochastic:
+            extra["noise"] = noise_source(x, generator, kind)
+        assert self.body is not None
+        return self.body(grid, x, **extra, **options)
 
     def nfe(self, steps: int, infinite_start: bool = False, **options: Any) -> int:
         """Denoiser evaluations for a grid of ``steps`` intervals (ending in 0). ``options``: the
@@ -192,7 +240,10 @@ def register(
     """Register ``body(grid, x, *, noise, **options)`` as the public sampler ``name``.
 
     ``noise(sigma, sigma_next)`` is a standard normal tensor like x for that interval, from the
-    caller's generator(s) (stochastic samplers only; :mod:`difflab.sampling.noise`). ``noises``: the
+    caller's generator(s) (stochastic samplers only; :mod:`difflab.sampling.noise`). A stochastic
+    body that takes ``step`` instead writes each interval as a Gaussian transition
+    (:mod:`difflab.sampling.transitions`), which makes its trajectories and log-probabilities
+    available (:mod:`difflab.sampling.trajectory`). ``noises``: the
     sources the sampler can take, its default first; with more than one, the public option
     ``noise="brownian"`` (or "gaussian") chooses. ``nfe(n)`` is the exact denoiser-evaluation count
     for n intervals.
@@ -205,10 +256,13 @@ def register(
         accepted = {
             p.name
             for p in inspect.signature(body).parameters.values()
-            if p.kind == p.KEYWORD_ONLY and p.name != "noise"
+            if p.kind == p.KEYWORD_ONLY and p.name not in ("noise", "step")
         }
         if stochastic and len(noises) > 1:
             accepted.add("noise")
+        transitions = "step" in inspect.signature(body).parameters
+        if transitions and not stochastic:
+            raise ValueError(f"{name}: a sampler written as transitions must be stochastic")
 
         def sampler(
             denoiser: DenoiserFn,
@@ -220,29 +274,18 @@ def register(
             cond: dict[str, Any] | None = None,
             **options: Any,
         ) -> Tensor:
-            unknown = set(options) - accepted
-            if unknown:
-                raise unknown_name(f"option for sampler {name!r}", sorted(unknown)[0], accepted)
-            kind = options.pop("noise", noises[0])
-            if kind not in noises:
-                raise ValueError(f"{name}: unknown noise {kind!r}; valid: {', '.join(noises)}")
-            s = validate(x, sigmas)
-            offset = 0
-            if math.isinf(s[0]):  # zero terminal SNR: x is the unit noise; see the module docstring
-                start = SamplerGrid(denoiser, x, s[:1], cond, callback)
-                x = start.denoise(x, 0) + s[1] * x
-                s, offset = s[1:], 1
-                if len(s) == 1:
-                    return x
-            grid = SamplerGrid(denoiser, x, s, cond, callback, offset)
-            extra = {"noise": noise_source(x, generator, kind)} if stochastic else {}
-            return body(grid, x, **extra, **options)
+            return entry.run(
+                denoiser, x, sigmas, options, generator=generator, callback=callback, cond=cond
+            )
 
         sampler.__name__ = sampler.__qualname__ = name
         sampler.__doc__ = body.__doc__
         sampler.__module__ = body.__module__
         summary = (body.__doc__ or name).strip().splitlines()[0]
-        entry = SamplerInfo(name, sampler, order, stochastic, nfe, summary, adaptive, tuple(noises))
+        entry = SamplerInfo(
+            name, sampler, order, stochastic, nfe, summary, adaptive, tuple(noises),
+            transitions, body, frozenset(accepted),
+        )  # fmt: skip
         for key in (name, *aliases):
             if key in _REGISTRY:
                 raise ValueError(f"sampler name {key!r} registered twice")
@@ -250,6 +293,11 @@ def register(
         return sampler
 
     return wrap
+
+
+def _sampling_step(generator: torch.Generator | Sequence[torch.Generator] | None) -> StepFactory:
+    """Steps that draw their noise from ``generator`` (:func:`~difflab.sampling.transitions.draw`)."""
+    return lambda grid, x, kind: draw(grid.sigmas, noise_source(x, generator, kind))
 
 
 def available() -> list[str]:

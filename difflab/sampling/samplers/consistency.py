@@ -14,19 +14,18 @@ distribution. NFE = n.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from torch import Tensor
 
 from difflab.sampling.registry import SamplerGrid, register
+from difflab.sampling.transitions import Step
 
 
 @register("consistency", order=1, stochastic=True)
-def consistency(grid: SamplerGrid, x: Tensor, *, noise: Callable[[], Tensor]) -> Tensor:
+def consistency(grid: SamplerGrid, x: Tensor, *, step: Step) -> Tensor:
     """Multistep consistency sampling: x0 = f(x, s), x' = x0 + s' z (Song et al. 2023, Alg. 1)."""
     for i in range(grid.steps):
         denoised = grid.denoise(x, i)
         if grid[i + 1] == 0:
             return denoised
-        x = denoised + grid[i + 1] * noise()
+        x, _ = step(i, denoised, grid[i + 1])
     return x

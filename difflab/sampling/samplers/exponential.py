@@ -32,7 +32,7 @@ from functools import partial
 
 from torch import Tensor
 
-from difflab.sampling.noise import NOISES, Noise
+from difflab.sampling.noise import NOISES
 from difflab.sampling.registry import SamplerGrid, register
 from difflab.sampling.samplers.stochastic import ancestral_split
 from difflab.sampling.steps import (
@@ -43,6 +43,7 @@ from difflab.sampling.steps import (
     phis,
     previous_eps,
 )
+from difflab.sampling.transitions import Step, deterministic
 
 __all__ = [
     "dpm_2_ancestral",
@@ -63,7 +64,7 @@ VARIANTS = ("taylor", "reference")
 # "taylor" takes a third-order step only where it is <= MAX_RATIO times the previous one (in lambda)
 MAX_RATIO = 3.0
 
-Step = Callable[[SamplerGrid, Tensor, Tensor, float, float, int], Tensor]
+Update = Callable[[SamplerGrid, Tensor, Tensor, float, float, int], Tensor]
 
 
 # ---------------------------------------------------------------------------- shared math
@@ -141,14 +142,15 @@ def _dpmpp_2s_step(
 def _singlestep(
     grid: SamplerGrid,
     x: Tensor,
-    step: Step,
+    update: Update,
     final: str,
     eta: float = 0.0,
     s_noise: float = 1.0,
-    noise: Noise | None = None,
+    step: Step = deterministic,
 ) -> Tensor:
-    """D at every grid level, one ``step`` per interval (to sigma_down and fresh noise sigma_up
-    when eta > 0), final_step into 0 (with the previous step's eps on a deterministic path)."""
+    """D at every grid level, one ``update`` per interval (to sigma_down, then the transition
+    ``step`` adds sigma_up noise when eta > 0), final_step into 0 (with the previous step's eps on
+    a deterministic path)."""
     check_final(final)
     _check_eta(eta, s_noise, ancestral=True)
     last = None
@@ -158,12 +160,10 @@ def _singlestep(
         if nxt == 0:
             return final_step(x, denoised, final, s, previous_eps(last))
         if eta == 0:
-            x, last = step(grid, x, denoised, s, nxt, i), (x, denoised, s)
+            x, last = update(grid, x, denoised, s, nxt, i), (x, denoised, s)
             continue
         down, up = ancestral_split(s, nxt, eta)
-        x = step(grid, x, denoised, s, down, i)
-        if noise is not None and up * s_noise > 0:
-            x = x + (s_noise * up) * noise(s, nxt)
+        x, _ = step(i, update(grid, x, denoised, s, down, i), s_noise * up)
     return x
 
 
@@ -175,15 +175,15 @@ def _multistep(
     final: str,
     eta: float = 0.0,
     s_noise: float = 1.0,
-    noise: Noise | None = None,
+    step: Step = deterministic,
     solver_type: str = "heun",
     variant: str = "taylor",
     ancestral: bool = False,
 ) -> Tensor:
     """DPM-Solver++ multistep of ``order`` 2 or 3 in data prediction, deterministic (eta = 0) or the
     SDE of the module docstring: D(lambda + u) is the polynomial through the last ``order`` D's,
-    integrated exactly. Start-up: order 1, then 2, then ``order``; the noise (eta > 0) is
-    ``noise(s, s')``. ``ancestral``: the ODE integral to sigma_down, then sigma_up z
+    integrated exactly. Start-up: order 1, then 2, then ``order``; the transition ``step`` adds
+    the noise (eta > 0). ``ancestral``: the ODE integral to sigma_down, then sigma_up z
     (:func:`~difflab.sampling.samplers.stochastic.ancestral_split`, eta in [0, 1]) instead of the SDE.
 
     Second-order term: "heun" phi2 h D' (the exact integral of the linear interpolant) or "midpoint"
@@ -208,10 +208,7 @@ def _multistep(
         if eta == 0:
             last = (x, denoised, s)
         decay, weights, std = table[i]
-        x_next = combine(x, decay, weights, [denoised, *hist])
-        if std > 0 and s_noise > 0 and noise is not None:
-            x_next.add_(noise(s, nxt), alpha=std * s_noise)
-        x = x_next
+        x, _ = step(i, combine(x, decay, weights, [denoised, *hist]), std * s_noise, fused=True)
         hist = [denoised, *hist][: order - 1]
     return x
 
@@ -359,7 +356,7 @@ def dpmpp_2s_ancestral(
     grid: SamplerGrid,
     x: Tensor,
     *,
-    noise: Noise,
+    step: Step,
     eta: float = 1.0,
     s_noise: float = 1.0,
     final: str = "tau",
@@ -370,7 +367,7 @@ def dpmpp_2s_ancestral(
     (:func:`~difflab.sampling.samplers.stochastic.ancestral_split`); eta in [0, 1] (1: DDPM's
     posterior noise, 0: dpmpp_2s). A larger eta is refused: k-diffusion then clips sigma_down to 0
     and the step changes its cost. NFE = 2(n - 1) + 1. Registered order: of the eta = 0 limit."""
-    return _singlestep(grid, x, _dpmpp_2s_step, final, eta, s_noise, noise)
+    return _singlestep(grid, x, _dpmpp_2s_step, final, eta, s_noise, step)
 
 
 @register("dpmpp_3m", order=3)
@@ -409,7 +406,7 @@ def dpmpp_2m_sde(
     grid: SamplerGrid,
     x: Tensor,
     *,
-    noise: Noise,
+    step: Step,
     eta: float = 1.0,
     s_noise: float = 1.0,
     solver_type: str = "midpoint",
@@ -433,7 +430,7 @@ def dpmpp_2m_sde(
         final=final,
         eta=eta,
         s_noise=s_noise,
-        noise=noise,
+        step=step,
         solver_type=solver_type,
     )
 
@@ -443,7 +440,7 @@ def dpmpp_3m_sde(
     grid: SamplerGrid,
     x: Tensor,
     *,
-    noise: Noise,
+    step: Step,
     eta: float = 1.0,
     s_noise: float = 1.0,
     final: str = "tau",
@@ -455,7 +452,7 @@ def dpmpp_3m_sde(
     with the same noise is k-diffusion's ``sample_dpmpp_3m_sde``). eta = 0 is dpmpp_3m. NFE = n;
     start-up order 1, 2, then 3. Registered order: of the eta = 0 limit."""
     return _multistep(
-        grid, x, order=3, final=final, eta=eta, s_noise=s_noise, noise=noise, variant=variant
+        grid, x, order=3, final=final, eta=eta, s_noise=s_noise, step=step, variant=variant
     )
 
 
@@ -467,7 +464,7 @@ def dpm_2_ancestral(
     grid: SamplerGrid,
     x: Tensor,
     *,
-    noise: Noise,
+    step: Step,
     eta: float = 1.0,
     s_noise: float = 1.0,
     final: str = "tau",
@@ -476,4 +473,4 @@ def dpm_2_ancestral(
 
     sigma_down, sigma_up and eta in [0, 1] as dpmpp_2s_ancestral; eta = 0 is dpm_2. NFE =
     2(n - 1) + 1. Registered order: of the eta = 0 limit."""
-    return _singlestep(grid, x, partial(_dpm_solver_step, order=2), final, eta, s_noise, noise)
+    return _singlestep(grid, x, partial(_dpm_solver_step, order=2), final, eta, s_noise, step)

@@ -3,8 +3,10 @@ SA-Solver, all in x = x0 + sigma eps coordinates.
 
 Fresh noise comes from the registry's ``noise(sigma, sigma_next)`` (one generator per sample makes
 a sample independent of its batch; DDIM(eta), ER-SDE and SA-Solver also take ``noise="brownian"``,
-the increments of one Brownian path per sample, see difflab.sampling.noise); every coefficient is a
-host float computed from the grid. The last
+the increments of one Brownian path per sample, see difflab.sampling.noise); DDIM(eta), ER-SDE and
+SA-Solver add it through their Gaussian transition ``step(i, mean, std)``
+(difflab.sampling.transitions), which also gives their trajectories' log-probabilities. Every
+coefficient is a host float computed from the grid. The last
 interval into sigma = 0 is the deterministic ``final_step`` (option ``final``, "tau" by default) and
 adds no noise: from x ~ p_{sigma_1} it is an O(sigma_1^4) push-forward along the probability flow,
 where the posterior-mean jump "denoised" (k-diffusion's and diffusers' rule) is only O(sigma_1^2)
@@ -31,6 +33,7 @@ from difflab.core.grids import karras
 from difflab.sampling.noise import NOISES, Noise
 from difflab.sampling.registry import SamplerGrid, register
 from difflab.sampling.steps import check_final, combine, ddim_step, final_step, heun_step
+from difflab.sampling.transitions import Step
 
 __all__ = ["ancestral_split", "er_sde_noise_scaler", "stochastic_adams_coefficients"]
 
@@ -67,7 +70,7 @@ def ddim_eta(
     grid: SamplerGrid,
     x: Tensor,
     *,
-    noise: Noise,
+    step: Step,
     eta: float = 1.0,
     s_noise: float = 1.0,
     final: str = "tau",
@@ -91,9 +94,7 @@ def ddim_eta(
         if nxt == 0:
             return final_step(x, denoised, final, s)
         down, up = ancestral_split(s, nxt, eta)
-        x = ddim_step(x, denoised, s, down)
-        if up * s_noise != 0:
-            x = x + (up * s_noise) * noise(s, nxt)
+        x, _ = step(i, ddim_step(x, denoised, s, down), up * s_noise)
     return x
 
 
@@ -230,7 +231,7 @@ def er_sde(
     grid: SamplerGrid,
     x: Tensor,
     *,
-    noise: Noise,
+    step: Step,
     max_stage: int = 3,
     noise_scaler: Callable[[float], float] | None = None,
     s_noise: float = 1.0,
@@ -264,11 +265,10 @@ def er_sde(
         if grid[i + 1] == 0:
             return final_step(x, denoised, final, grid[i])
         r, std, weights = table[i]
-        x = denoised + r * (x - denoised)  # ddim_step's form: phi = sigma is euler op for op
+        mean = denoised + r * (x - denoised)  # ddim_step's form: phi = sigma is euler op for op
         for w, d in zip(weights, [denoised, *history]):
-            x.add_(d, alpha=w)
-        if std > 0 and s_noise != 0:
-            x.add_(noise(grid[i], grid[i + 1]), alpha=s_noise * std)
+            mean.add_(d, alpha=w)
+        x, _ = step(i, mean, s_noise * std, fused=True)
         history = [denoised, *history][: max_stage - 1]
     return x
 
@@ -360,7 +360,7 @@ def sa_solver(
     grid: SamplerGrid,
     x: Tensor,
     *,
-    noise: Noise,
+    step: Step,
     predictor_order: int = 3,
     corrector_order: int = 4,
     eta: float = 1.0,
@@ -416,11 +416,7 @@ def sa_solver(
         if predictor is None:
             return final_step(x, denoised, final, grid[i])
         decay, b, std = predictor
-        x_pred = combine(x, decay, b, history[-len(b) :])
-        z = None
-        if std > 0 and s_noise != 0:
-            z = noise(grid[i], grid[i + 1]).mul_(s_noise * std)
-            x_pred.add_(z)
+        x_pred, z = step(i, combine(x, decay, b, history[-len(b) :]), s_noise * std)
         x_prev = x
     return x_pred
 
