@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from difflab.utils.folder import (
 )
 from difflab.utils.weights import load_state_dict_strict
 
-__all__ = ["DATA_DEFAULTS", "SAMPLE_DEFAULTS", "TYPE", "TimeSeriesModel"]
+__all__ = ["DATA_DEFAULTS", "SAMPLE_DEFAULTS", "TYPE", "TimeSeriesModel", "sample_given"]
 
 TYPE = "timeseries"
 SAMPLE_DEFAULTS: dict[str, Any] = {
@@ -47,6 +48,24 @@ SAMPLE_DEFAULTS: dict[str, Any] = {
 }
 DATA_DEFAULTS: dict[str, Any] = {"date_column": "date", "split": "auto"}  # how to read its CSVs
 _KEYS = ("network", "parameterization", "columns", "window", "sample")
+
+
+def sample_given(
+    denoiser: Callable[..., Tensor],
+    given: Tensor,
+    mask: Tensor,
+    sigmas: Tensor,
+    sampler: str = "heun",
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """x0 = sampler(D(. | m, g), m g + (1 - m) sigma_0 z, sigmas), z ~ N(0, I): a sample of
+    p(x0 | x0[m] = g) by any conditional denoiser D(x, sigma, mask, given) (e.g. :func:`keep_given`
+    around a network), the given entries kept exactly (Tashiro et al. 2021, CSDI)."""
+    start = float(sigmas[0])
+    z = sampling.randn(given.shape, generator, given.dtype, given.device)
+    x = impose_given(z * start if math.isfinite(start) else z, mask, given)
+    cond = {"mask": mask, "given": given}
+    return sampling.get(sampler)(denoiser, x, sigmas, generator=generator, cond=cond)
 
 
 class TimeSeriesModel(nn.Module):
@@ -79,7 +98,7 @@ class TimeSeriesModel(nn.Module):
         self.window = {"context": context, "horizon": horizon}
         self.data = {**DATA_DEFAULTS, **(data or {})}
         self.sample_defaults = {**SAMPLE_DEFAULTS, **(sample or {})}
-        self.training = dict(training or {})
+        self.training_info = dict(training or {})  # not self.training: nn.Module's train mode
         self.denoiser = keep_given(parameterization.denoiser(network))
 
     @property
@@ -102,7 +121,7 @@ class TimeSeriesModel(nn.Module):
             "window": dict(self.window),
             "data": dict(self.data),
             "sample": dict(self.sample_defaults),
-            "training": self.training,
+            "training": self.training_info,
         }
 
     def grid(self, steps: int | None = None, schedule: str | None = None) -> Tensor:
@@ -158,16 +177,13 @@ class TimeSeriesModel(nn.Module):
         g = self.standardizer(torch.where(given, values, 0.0).to(device, torch.float32))
         g, m = g.repeat(samples, 1, 1), given.to(device).repeat(samples, 1, 1)
         sigmas = self.grid(steps, schedule)
-        start = float(sigmas[0])
         name = sampler or self.sample_defaults["sampler"]
-        run = sampling.get(name)
-        out = []
-        for i in range(0, len(g), batch_size):
-            gi, mi = g[i : i + batch_size], m[i : i + batch_size]
-            z = sampling.randn(gi.shape, generator, torch.float32, device)
-            x = impose_given(z * start if math.isfinite(start) else z, mi, gi)
-            cond = {"mask": mi, "given": gi}
-            out.append(run(self.denoiser, x, sigmas, generator=generator, cond=cond))
+        out = [
+            sample_given(
+                self.denoiser, g[i : i + batch_size], m[i : i + batch_size], sigmas, name, generator
+            )
+            for i in range(0, len(g), batch_size)
+        ]
         paths = self.standardizer.unnormalize(torch.cat(out)).cpu().to(values.dtype)
         return torch.where(given, values, paths.reshape(samples, *values.shape))  # given: exact
 
