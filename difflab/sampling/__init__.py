@@ -4,17 +4,22 @@ registered by name with their NFE, order and stochasticity (DESIGN.md)."""
 from difflab.sampling.auto import AutoChoice, auto, choose
 from difflab.sampling.noise import generators, randn
 from difflab.sampling.registry import SamplerInfo, available, get, info, noise_source, register
+from difflab.sampling.trajectories import Trajectory, log_probs, trajectory, transition_samplers
 
 __all__ = [
     "AutoChoice",
     "SamplerInfo",
+    "Trajectory",
     "auto",
     "available",
     "choose",
     "generators",
     "get",
     "info",
+    "log_probs",
     "noise_source",
     "randn",
     "register",
+    "trajectory",
+    "transition_samplers",
 ]

@@ -159,10 +159,9 @@ def _singlestep(
         denoised = grid.denoise(x, i)
         if nxt == 0:
             return final_step(x, denoised, final, s, previous_eps(last))
+        down, up = ancestral_split(s, nxt, eta)  # (s', 0) when eta = 0
         if eta == 0:
-            x, last = update(grid, x, denoised, s, nxt, i), (x, denoised, s)
-            continue
-        down, up = ancestral_split(s, nxt, eta)
+            last = (x, denoised, s)
         x, _ = step(i, update(grid, x, denoised, s, down, i), s_noise * up)
     return x
 
