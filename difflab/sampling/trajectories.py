@@ -8,6 +8,10 @@ trajectory is the sampler's run with every step recorded, so its last state is t
 bit for bit, and :func:`log_probs` runs the sampler again with each step handed the recorded state.
 A deterministic step (std = 0: the final step into sigma = 0, the data-prediction step from
 sigma = inf, a step outside SA-Solver's noise interval) has log-probability 0.
+
+Densities are of x = x0 + sigma eps. In a process's own coordinates x_t = a_t x (VP, flow) a step's
+log-probability shifts by -d log a_{t'}, the same for every denoiser: ratios and differences (PPO,
+DPO) do not change.
 """
 
 from __future__ import annotations
