@@ -35,6 +35,7 @@ LAYERS = {
     "interop": 4,
     "policy": 4,  # diffusion policies: sampling, training and execution of action chunks
     "timeseries": 4,  # probabilistic forecasting and imputation with diffusion; baselines
+    "finetune": 4,  # reward and preference fine-tuning: rewards, methods (DDPO, DRaFT, DPO)
     "cli": 5,
     "pretrained": 5,
     "__init__": 5,  # difflab/__init__.py: the top-level API
