@@ -51,7 +51,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4000, help="training steps of the model")
     p.add_argument("--samples", type=int, default=50, help="sample paths per window")
     p.add_argument("--sampler", default="dpmpp_2m")
-    p.add_argument("--nfe", type=int, default=10, help="sampler steps (DPM-Solver++(2M): NFE)")
+    p.add_argument("--nfe", type=int, default=20, help="sampler steps (DPM-Solver++(2M): NFE)")
     p.add_argument("--stride", type=int, default=None, help="rows between forecast windows")
     p.add_argument("--plot", type=Path, default=Path("docs/timeseries_forecast.png"))
     p.add_argument("--json", type=Path, default=None, help="also write every row here")

@@ -94,7 +94,7 @@ def test_eval_writes_scores_beside_the_baselines(trained, tmp_path, capsys, task
     printed = capsys.readouterr().out
     result = json.loads(out.read_text())
     assert set(result) >= KEYS and result["task"] == task and result["samples"] == 4
-    assert result["windows"] >= 1 and result["nfe"] == 3  # heun, 2 steps
+    assert result["windows"] >= 1 and result["nfe"] == 2  # dpmpp_2m (the default), 2 steps
     assert baselines <= set(result["baselines"])
     for name, scores in {"diffusion": result, **result["baselines"]}.items():
         assert set(scores) >= KEYS, name

@@ -83,7 +83,7 @@ class PolicyModel(nn.Module):
         self.horizons = {"obs": int(to), "pred": int(h), "action": int(ta)}
         self.method, self.env = method, env
         self.sample_defaults = {**SAMPLE_DEFAULTS, **(sample or {})}
-        self.training = dict(training or {})
+        self.training_info = dict(training or {})  # not self.training: nn.Module's train mode
         self.denoiser = parameterization.denoiser(network)
 
     @property
@@ -107,7 +107,7 @@ class PolicyModel(nn.Module):
             "normalization": {"obs": self.obs_normalizer.mode, "act": self.act_normalizer.mode},
             "env": self.env,
             "sample": dict(self.sample_defaults),
-            "training": self.training,
+            "training": self.training_info,
         }
 
     # ------------------------------------------------------------------------------ sampling

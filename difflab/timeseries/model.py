@@ -39,12 +39,14 @@ from difflab.utils.weights import load_state_dict_strict
 __all__ = ["DATA_DEFAULTS", "SAMPLE_DEFAULTS", "TYPE", "TimeSeriesModel", "sample_given"]
 
 TYPE = "timeseries"
+# DPM-Solver++(2M), 20 steps from sigma 20: on the exact AR(1) forecast (phi 0.8) its variance is
+# within 7 % of the truth; 10 Heun steps from 80 (EDM's image default) are 35-46 % too wide
 SAMPLE_DEFAULTS: dict[str, Any] = {
-    "sampler": "heun",
+    "sampler": "dpmpp_2m",
     "schedule": "karras",
-    "steps": 10,
+    "steps": 20,
     "sigma_min": 0.0,
-    "sigma_max": 0.0,
+    "sigma_max": 20.0,
 }
 DATA_DEFAULTS: dict[str, Any] = {"date_column": "date", "split": "auto"}  # how to read its CSVs
 _KEYS = ("network", "parameterization", "columns", "window", "sample")
