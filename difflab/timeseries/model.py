@@ -27,6 +27,7 @@ from difflab import models, sampling, schedules
 from difflab.core.conditioning import impose_given, keep_given
 from difflab.core.parameterization import Parameterization
 from difflab.data.normalization import Normalizer
+from difflab.timeseries.baselines import DLinear
 from difflab.utils.folder import (
     WEIGHTS,
     model_folder,
@@ -70,6 +71,25 @@ def sample_given(
     return sampling.get(sampler)(denoiser, x, sigmas, generator=generator, cond=cond)
 
 
+def prior_mean(prior: nn.Module, given: Tensor, context: int) -> Tensor:
+    """mu = [g_{1..C}; f(g_{1..C})]: the given context followed by a point forecaster's forecast of the
+    rest, the prior mean a residual diffusion model adds back (CARD's f_phi, Han et al. 2022)."""
+    history = given[:, :context]
+    return torch.cat([history, prior(history.to(torch.float32)).to(given.dtype)], dim=1)
+
+
+def residual_denoiser(denoiser: Callable[..., Tensor], prior: nn.Module, context: int) -> Callable:
+    """D(x | m, g) = mu(g) + D_r(x - mu(g) | m, g): a denoiser of the residual x0 - mu around the
+    prior mean :func:`prior_mean` (its network sees the given values themselves) is a denoiser of
+    x0 (Han et al. 2022, CARD)."""
+
+    def denoise(x: Tensor, sigma: Tensor | float, **cond: Any) -> Tensor:
+        mu = prior_mean(prior, cond["given"], context).to(x.dtype)
+        return mu + denoiser(x - mu, sigma, **cond)
+
+    return denoise
+
+
 class TimeSeriesModel(nn.Module):
     """p(x0[~m] | x0[m] = g) over windows of ``window["context"] + window["horizon"]`` steps of
     ``columns``, by a denoiser over standardized values (module docstring; Tashiro et al. 2021);
@@ -83,6 +103,7 @@ class TimeSeriesModel(nn.Module):
         columns: list[str] | tuple[str, ...],
         window: dict[str, int],
         *,
+        prior: nn.Module | None = None,
         data: dict[str, Any] | None = None,
         sample: dict[str, Any] | None = None,
         training: dict[str, Any] | None = None,
@@ -101,7 +122,13 @@ class TimeSeriesModel(nn.Module):
         self.data = {**DATA_DEFAULTS, **(data or {})}
         self.sample_defaults = {**SAMPLE_DEFAULTS, **(sample or {})}
         self.training_info = dict(training or {})  # not self.training: nn.Module's train mode
-        self.denoiser = keep_given(parameterization.denoiser(network))
+        self.prior = prior
+        denoiser = parameterization.denoiser(network)
+        if prior is not None:
+            if context < 1:
+                raise ValueError("a prior forecaster needs context steps (window context >= 1)")
+            denoiser = residual_denoiser(denoiser, prior, context)
+        self.denoiser = keep_given(denoiser)
 
     @property
     def dim(self) -> int:
@@ -121,6 +148,9 @@ class TimeSeriesModel(nn.Module):
             "parameterization": self.parameterization.config,
             "columns": list(self.columns),
             "window": dict(self.window),
+            "prior": None
+            if self.prior is None
+            else {"type": "dlinear", "kernel": self.prior.kernel},
             "data": dict(self.data),
             "sample": dict(self.sample_defaults),
             "training": self.training_info,
@@ -227,6 +257,7 @@ class TimeSeriesModel(nn.Module):
             Normalizer(len(config["columns"]), "meanstd"),
             config["columns"],
             config["window"],
+            prior=_prior(config.get("prior"), config["window"]),
             data=config.get("data"),
             sample=config["sample"],
             training=config.get("training"),
@@ -246,3 +277,12 @@ class TimeSeriesModel(nn.Module):
             raise ValueError(f"{folder}: invalid time-series model config ({e})") from None
         load_state_dict_strict(model, read_folder_weights(folder), f"{folder / WEIGHTS}")
         return model.to(device).eval().requires_grad_(False)
+
+
+def _prior(config: dict[str, Any] | None, window: dict[str, int]) -> nn.Module | None:
+    """The untrained prior forecaster of a folder's config (its weights come with the model's)."""
+    if config is None:
+        return None
+    if config.get("type") != "dlinear":
+        raise ValueError(f"unknown prior forecaster {config.get('type')!r}; known: dlinear")
+    return DLinear(int(window["context"]), int(window["horizon"]), int(config["kernel"]))

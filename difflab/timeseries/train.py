@@ -11,7 +11,10 @@ observed entries only:
 
     L = lambda(sigma) ||D(x0 + sigma eps (1 - m), sigma | m, g) - x0||^2 over entries observed & ~m
 
-(the given entries carry no noise, as at sampling time, where they keep noise level 0). Export:
+(the given entries carry no noise, as at sampling time, where they keep noise level 0). With
+``model.prior = "dlinear"`` (forecasting) a DLinear is fitted first and the network learns the
+residual x0 - mu around its forecast mu, seeing the given values themselves (CARD, Han et al. 2022).
+Export:
 ``model/``, the EMA network as a :class:`~difflab.timeseries.model.TimeSeriesModel`.
 """
 
@@ -27,7 +30,8 @@ from torch import Tensor, nn
 from difflab import models
 from difflab.core import processes
 from difflab.data.timeseries import TimeSeries, fit_standardizer, split, training_mask, windows
-from difflab.timeseries.model import SAMPLE_DEFAULTS, TimeSeriesModel
+from difflab.timeseries.baselines import DLinear, fit
+from difflab.timeseries.model import SAMPLE_DEFAULTS, TimeSeriesModel, prior_mean
 from difflab.training.checkpoint import Checkpoint
 from difflab.training.config import LOOP_DEFAULTS, extend
 from difflab.training.loop import DataOrder, Task
@@ -52,11 +56,13 @@ DEFAULTS: dict[str, dict[str, Any]] = extend(
             "task": "forecast",
             "stride": 1,
         },
-        # context + horizon steps per window; the other keys build the network (csdi)
+        # context + horizon steps per window; prior: "none" or "dlinear" (forecasting: diffuse the
+        # residual around a DLinear forecast fitted first); the other keys build the network
         "model": {
             "type": "csdi",
             "context": 96,
             "horizon": 96,
+            "prior": "none",
             "channels": 64,
             "layers": 4,
             "heads": 8,
@@ -105,6 +111,7 @@ class TimeSeriesTask(Task):
             "context": int(network.pop("context")),
             "horizon": int(network.pop("horizon")),
         }
+        prior = network.pop("prior")
         if self.window["context"] < 0 or self.window["horizon"] < 1:
             raise ValueError(
                 f"model.context must be >= 0 and model.horizon >= 1, got {self.window}"
@@ -116,12 +123,29 @@ class TimeSeriesTask(Task):
         train = windows(self.splits.train, length, int(data["stride"]))
         self.values = self.standardizer(train.values.float())
         self.observed = train.observed
+        self.prior = self._fit_prior(prior, data["task"], config["run"]["seed"])
         self.strategy = config["masks"]["strategy"] or _STRATEGY[data["task"]]
         objective = dict(config["objective"])
         objective["process"] = processes.get(objective["process"])
         self.objective = Objective(**objective)
         self.order = DataOrder(len(self.values), config["run"]["seed"])
         return models.build({**network, "dim": self.series.dim})
+
+    def _fit_prior(self, kind: str, task: str, seed: int) -> nn.Module | None:
+        """The prior forecaster of ``model.prior``: DLinear fitted on the standardized training split
+        (early stopping on the validation split, its context reaching back into training rows)."""
+        if kind == "none":
+            return None
+        if kind != "dlinear":
+            raise ValueError(f"unknown model.prior {kind!r}; known: none, dlinear")
+        if task != "forecast" or self.window["context"] < 1:
+            raise ValueError("model.prior = 'dlinear' forecasts: it needs data.task = 'forecast'")
+        s, c = self.splits, self.window["context"]
+        train = self.standardizer(s.train.values).double()
+        val = self.standardizer(torch.cat([s.train.values[-c:], s.val.values])).double()
+        prior = DLinear(c, self.window["horizon"]).double()
+        fit(prior, train, val, generator=torch.Generator().manual_seed(seed))
+        return prior.float().requires_grad_(False)
 
     def batch(self, size: int, generator: torch.Generator) -> dict[str, Tensor]:
         idx = self.order.next(size)
@@ -130,7 +154,11 @@ class TimeSeriesTask(Task):
         cond = training_mask(observed, self.strategy, generator, context)
         draw = self.objective.draw(x0, None, generator)
         eps = torch.where(cond, 0.0, draw.eps)  # given entries carry no noise
-        return {"x0": x0, "cond": cond, "target": observed & ~cond, "eps": eps, "sigma": draw.sigma}
+        given = torch.where(cond, x0, 0.0)
+        if self.prior is not None:  # the residual around the prior forecast (Han et al. 2022)
+            x0 = x0 - prior_mean(self.prior, given, self.window["context"])
+        batch = {"x0": x0, "given": given, "cond": cond, "target": observed & ~cond}
+        return batch | {"eps": eps, "sigma": draw.sigma}
 
     def losses(self, network: nn.Module, batch: dict[str, Tensor], rows: Tensor) -> Tensor:
         device = self.trainer.device
@@ -143,7 +171,7 @@ class TimeSeriesTask(Task):
             self.objective.weighting,
             where=batch["target"][rows].to(device),
             mask=cond,
-            given=torch.where(cond, x0, 0.0),
+            given=batch["given"][rows].to(device),
         )
 
     def fields(self, stats: dict[str, float]) -> dict[str, Any]:
@@ -180,6 +208,7 @@ class TimeSeriesTask(Task):
             self.standardizer,
             self.series.columns,
             self.window,
+            prior=self.prior,
             data={k: t.config["data"][k] for k in ("date_column", "split")},
             sample=t.config["sample"],
             training=training,
