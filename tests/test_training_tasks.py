@@ -17,6 +17,7 @@ from difflab import models
 from difflab.acceleration import DistillTrainer
 from difflab.acceleration.distill import Distillation, distill
 from difflab.data import Dataset
+from difflab.finetune import FinetuneTask
 from difflab.testing import GaussianMixture
 from difflab.text import load as load_text
 from difflab.text.train import DEFAULTS as TEXT_DEFAULTS
@@ -206,6 +207,44 @@ def test_distillation_resumes_bit_identically_after_sigint_across_a_phase(tmp_pa
         "steps": 1,
     }
     assert one.generate(4, seed=0).nfe == 1
+
+
+def finetune_trainer(run_dir, method):
+    """Fine-tuning the shipped 8gaussians model: 6 steps, checkpoints every 4; on-policy methods
+    sample rounds of 2 minibatches x 2 inner epochs, so step 5 is inside the second round."""
+    options = {"dpo": {"pairs": 32}, "draft": {"k": 2, "beta": 0.5}}.get(
+        method, {"inner_epochs": 2}
+    )
+    config = {
+        "run": {"steps": 6, "checkpoint_every": 4, "log_every": 1, "threads": 1},
+        "base": {"model": "8gaussians"},
+        "reward": {"name": "linear:1,0"},
+        "method": {"name": method, **options},
+        "sample": {"steps": 4, "batch": 16},
+        "optim": {"lr": 1e-3, "batch_size": 8},
+    }
+    full = load_config(config, (), FinetuneTask.defaults, FinetuneTask.free)
+    return Trainer(full, run_dir, progress=False, task=FinetuneTask(difflab.load))
+
+
+@pytest.mark.parametrize("method", ["ddpo", "dpok", "draft", "dpo", "d3po"])
+def test_finetuning_resumes_bit_identically_after_sigint(tmp_path, method):
+    """Interrupted at step 5 (between the checkpoints of steps 4 and 6, inside an on-policy round),
+    the resumed run restores the round, its minibatch order and the per-label reward statistics
+    (or DPO's pairs and their order) and ends where the uninterrupted run does."""
+    straight = finetune_trainer(tmp_path / "a", method)
+    assert straight.fit()
+    first = sigint_after(finetune_trainer(tmp_path / "b", method), 5)
+    assert not first.fit() and first.step == 5
+    torch.manual_seed(1234)
+    second = finetune_trainer(tmp_path / "b", method)
+    assert second.resume() and second.step == 5 and second.fit()
+    assert_same_state(straight, second)
+    for a, b in zip(
+        difflab.load(tmp_path / "a").network.state_dict().values(),
+        difflab.load(tmp_path / "b").network.state_dict().values(),
+    ):
+        assert torch.equal(a, b)
 
 
 # ---------------------------------------------------------------- one metrics shape
