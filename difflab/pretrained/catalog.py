@@ -44,11 +44,12 @@ LOCAL_PATTERNS = ("runs/*/model", "models/*")  # searched in the current folder 
 
 def is_model_folder(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a diffusion model folder (:func:`difflab.utils.folder.is_model_folder`),
-    or holds config.json and model.safetensors whose config names no other difflab type (then
-    ``difflab models`` lists it with the reason it cannot be read). A run folder's training
-    config.json is neither; text models and classifiers are not diffusion models."""
+    a LoRA adapter of one (loaded on its base, :meth:`Model.from_adapter`), or holds config.json
+    and model.safetensors whose config names no other difflab type (then ``difflab models`` lists
+    it with the reason it cannot be read). A run folder's training config.json is neither; text
+    models and classifiers are not diffusion models."""
     path = Path(path)
-    if model_folder.is_model_folder(path, "diffusion"):
+    if any(model_folder.is_model_folder(path, kind) for kind in ("diffusion", "adapter")):
         return True
     if not ((path / CONFIG).is_file() and (path / WEIGHTS).is_file()):
         return False

@@ -24,6 +24,7 @@ from difflab import models
 from difflab.core.parameterization import Parameterization
 from difflab.core.processes import Process
 from difflab.guidance import Rule, classifier_free
+from difflab.models.lora import load_adapter, merge_lora, read_adapter_config
 from difflab.models.saved import (
     check_diffusion_config,
     read_diffusion_config,
@@ -38,6 +39,7 @@ from difflab.utils.folder import (
     VERSION,
     WEIGHTS,
     folder_name,
+    read_folder_config,
     read_folder_weights,
     save_folder,
 )
@@ -64,6 +66,9 @@ SAMPLE_DEFAULTS: dict[str, Any] = {
 }
 # extras a model folder may hold beside config.json and model.safetensors, copied by Model.save
 EXTRAS = (GRIDS_FOLDER,)
+ADAPTER = "adapter"  # the folder type of LoRA adapters (difflab.models.lora)
+# an adapter config's own keys; the others (training, finetune) pass to the adapted model's config
+ADAPTER_KEYS = ("type", "format", "version", "adapter", "rank", "alpha", "targets", "base")
 
 model_name = folder_name  # a model folder's name: its own, or its run's for <run>/model
 read_model_config = read_diffusion_config  # folder/config.json, checked, as version 2
@@ -107,8 +112,10 @@ class Model:
         cls, folder: str | os.PathLike[str], device: str | torch.device = "cpu"
     ) -> Model:
         """Build the network from ``folder/config.json`` and load ``folder/model.safetensors`` into
-        it strictly (every key, every shape)."""
+        it strictly (every key, every shape); an adapter folder loads as :meth:`from_adapter`."""
         folder = Path(folder)
+        if read_folder_config(folder).get("type") == ADAPTER:
+            return cls.from_adapter(folder, device)
         config = read_diffusion_config(folder)
         tensors = read_folder_weights(folder)
         source = f"{folder / WEIGHTS} (for the network in {CONFIG})"
@@ -120,6 +127,21 @@ class Model:
             raise ValueError(f"{folder / CONFIG}: cannot build its network: {e}") from None
         load_state_dict_strict(network, tensors, source)
         return cls(config, network.to(device), folder)
+
+    @classmethod
+    def from_adapter(
+        cls, folder: str | os.PathLike[str], device: str | torch.device = "cpu"
+    ) -> Model:
+        """An adapter folder (type "adapter" of :mod:`difflab.models.lora`): the base model it
+        names (a name or folder), its LoRA factors added after checking the base's weights digest
+        and merged (W + alpha / r B A, Hu et al. 2021); the config is the base's with the
+        adapter's extra sections (its training record, "finetune")."""
+        config = read_adapter_config(folder)
+        base = cls.load(config["base"]["model"], device)
+        load_adapter(folder, base.network)
+        merge_lora(base.network)
+        extras = {k: v for k, v in config.items() if k not in ADAPTER_KEYS}
+        return cls({**base.config, **extras}, base.network, Path(folder))
 
     def save(self, folder: str | os.PathLike[str]) -> Path:
         """Write the model as a version-2 folder (:func:`difflab.utils.folder.save_folder`) with
