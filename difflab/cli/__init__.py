@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "restore",
     "policy",
     "ts",
+    "finetune",
 )
 
 
