@@ -7,19 +7,17 @@ fixes it), so
     KL(p_theta(. | x_i) || p_base(. | x_i)) = ||m_i^theta - m_i^base||^2 / (2 s_i^2),
 
 and the chain rule of the KL sums these over the steps into the KL of the whole chains (Fan et al.
-2023). :func:`transition_means` replays a recorded trajectory under a denoiser, as
-:func:`difflab.sampling.log_probs` does, and returns the means instead of their log-densities.
+2023). :func:`transition_means` takes the means of :func:`difflab.sampling.replay`.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from difflab.sampling import Trajectory, info, transition_samplers
+from difflab.sampling import Trajectory, replay
 from difflab.sampling.registry import DenoiserFn
 
 __all__ = ["path_kl", "step_kl", "transition_means"]
@@ -34,27 +32,8 @@ def transition_means(
     **options: Any,
 ) -> Tensor:
     """[N, B, ...] m_i(x_0..x_i; D): each recorded step's Gaussian mean recomputed under ``denoiser``
-    from the recorded states (the recorded next state where the step is deterministic); the
-    sampler's NFE, differentiable in the denoiser and in the states (Black et al. 2023's MDP)."""
-    if name not in transition_samplers():
-        raise ValueError(
-            f"sampler {name!r} has no Gaussian transitions; supported: "
-            f"{', '.join(transition_samplers())}"
-        )
-    s, xs = trajectory.sigmas.tolist(), trajectory.xs
-    start = 1 if math.isinf(s[0]) else 0  # the step from sigma = inf is deterministic
-    means = list(xs[1:].unbind(0))
-
-    def step(i: int, mean: Tensor, std: float, fused: bool = False) -> tuple[Tensor, Tensor | None]:
-        x_next = xs[start + i + 1]
-        means[start + i] = mean
-        return x_next, (x_next - mean if std != 0 and not fused else None)
-
-    if len(s) - start > 1:
-        info(name).run(
-            denoiser, xs[start], s[start:], dict(options), cond=cond, steps=lambda *_: step
-        )
-    return torch.stack(means)
+    (the means of :func:`difflab.sampling.replay`; Black et al. 2023's MDP)."""
+    return replay(name, denoiser, trajectory, cond=cond, **options).means
 
 
 def step_kl(means: Tensor, base_means: Tensor, stds: Tensor) -> Tensor:

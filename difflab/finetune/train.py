@@ -75,8 +75,7 @@ from difflab.models.lora import (
     weights_digest,
 )
 from difflab.models.saved import diffusion_config
-from difflab.sampling import Trajectory, log_probs, trajectory, transition_samplers
-from difflab.sampling.transitions import gaussian_log_prob
+from difflab.sampling import Trajectory, log_probs, replay, trajectory, transition_samplers
 from difflab.training.checkpoint import Checkpoint
 from difflab.training.config import LOOP_DEFAULTS, extend
 from difflab.training.loop import DataOrder, Task, Trainer, run
@@ -461,9 +460,9 @@ class FinetuneTask(Task):
             lp = log_probs(self.sampler, policy, part, cond=cond, **self.options)
             self._log("ratio", (lp - part.log_probs)[stochastic].exp())
             return ppo_loss(lp, part.log_probs, adv, m["clip"], stochastic)
-        means = transition_means(self.sampler, policy, part, cond=cond, **self.options)
-        lp = _step_log_probs(part, means)
-        kl = step_kl(means, r["base_means"][:, idx], part.stds)
+        now = replay(self.sampler, policy, part, cond=cond, **self.options)
+        lp = now.log_probs
+        kl = step_kl(now.means, r["base_means"][:, idx], part.stds)
         self._log("kl", kl.sum(0))
         return dpok_loss(lp, part.log_probs, adv, kl, self.beta, m["clip"], stochastic)
 
@@ -699,18 +698,6 @@ class FinetuneTask(Task):
             extra={"finetune": record},
         )
         return save_folder(folder, config, net.state_dict())
-
-
-def _step_log_probs(t: Trajectory, means: Tensor) -> Tensor:
-    """[N, B] log N(x_{i+1}; m_i, s_i^2 I) of a trajectory's steps for the given means, 0 on
-    deterministic steps."""
-    zero = torch.zeros(t.xs.shape[1], dtype=torch.float64, device=t.xs.device)
-    return torch.stack(
-        [
-            gaussian_log_prob(t.xs[i + 1], means[i], float(s)) if s > 0 else zero
-            for i, s in enumerate(t.stds.tolist())
-        ]
-    )
 
 
 def finetune(

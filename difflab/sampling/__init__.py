@@ -4,10 +4,18 @@ registered by name with their NFE, order and stochasticity (DESIGN.md)."""
 from difflab.sampling.auto import AutoChoice, auto, choose
 from difflab.sampling.noise import generators, randn
 from difflab.sampling.registry import SamplerInfo, available, get, info, noise_source, register
-from difflab.sampling.trajectories import Trajectory, log_probs, trajectory, transition_samplers
+from difflab.sampling.trajectories import (
+    Replay,
+    Trajectory,
+    log_probs,
+    replay,
+    trajectory,
+    transition_samplers,
+)
 
 __all__ = [
     "AutoChoice",
+    "Replay",
     "SamplerInfo",
     "Trajectory",
     "auto",
@@ -20,6 +28,7 @@ __all__ = [
     "noise_source",
     "randn",
     "register",
+    "replay",
     "trajectory",
     "transition_samplers",
 ]

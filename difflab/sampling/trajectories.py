@@ -5,8 +5,9 @@ al. 2023) and the per-step likelihoods of Diffusion-DPO / D3PO (Wallace et al. 2
 
 A sampler written as transitions (:mod:`difflab.sampling.transitions`) runs its own code here: a
 trajectory is the sampler's run with every step recorded, so its last state is the sampler's output
-bit for bit, and :func:`log_probs` runs the sampler again with each step handed the recorded state.
-A deterministic step (std = 0: the final step into sigma = 0, the data-prediction step from
+bit for bit, and :func:`replay` runs the sampler again with each step handed the recorded state,
+returning the step's mean under the new denoiser and its log-probability (:func:`log_probs`). A
+deterministic step (std = 0: the final step into sigma = 0, the data-prediction step from
 sigma = inf, a step outside SA-Solver's noise interval) has log-probability 0.
 
 Densities are of x = x0 + sigma eps. In a process's own coordinates x_t = a_t x (VP, flow) a step's
@@ -36,7 +37,7 @@ from difflab.sampling.registry import (
 )
 from difflab.sampling.transitions import Step, draw, gaussian_log_prob
 
-__all__ = ["Trajectory", "log_probs", "trajectory", "transition_samplers"]
+__all__ = ["Replay", "Trajectory", "log_probs", "replay", "trajectory", "transition_samplers"]
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,48 @@ def trajectory(
     )
 
 
+@dataclass(frozen=True)
+class Replay:
+    """A recorded trajectory re-scored under a denoiser (Black et al. 2023): means [N, B, ...]
+    m_i(x_0..x_i; D) (the recorded next state where the step is deterministic) and log_probs
+    [N, B] log N(x_{i+1}; m_i, s_i^2 I) (float64, 0 where s_i = 0)."""
+
+    means: Tensor
+    log_probs: Tensor
+
+
+def replay(
+    name: str,
+    denoiser: DenoiserFn,
+    trajectory: Trajectory,
+    *,
+    cond: dict[str, Any] | None = None,
+    **options: Any,
+) -> Replay:
+    """Each recorded step's mean m_i recomputed under ``denoiser`` from the recorded states (and the
+    sampler's history of them) and log N(x_{i+1}; m_i, s_i^2 I): the means of the chains' KL (Fan
+    et al. 2023), the log-probabilities of PPO ratios and DPO losses (Black et al. 2023; Wallace et
+    al. 2023). The sampler's NFE; differentiable in the denoiser and in the states."""
+    entry = _entry(name)
+    s = trajectory.sigmas.tolist()
+    xs = trajectory.xs
+    if xs.shape[0] != len(s):
+        raise ValueError(f"trajectory has {xs.shape[0]} states for a grid of {len(s)} levels")
+    start = 1 if math.isinf(s[0]) else 0  # the step from sigma = inf is deterministic
+    means = list(xs[1:].unbind(0))
+    scores = [_log_prob(xs[0], xs[0], 0.0)] * (len(s) - 1)
+
+    def step(i: int, mean: Tensor, std: float, fused: bool = False) -> tuple[Tensor, Tensor | None]:
+        x_next = xs[start + i + 1]
+        means[start + i] = mean
+        scores[start + i] = _log_prob(x_next, mean, std)
+        return x_next, (x_next - mean if std != 0 and not fused else None)
+
+    if len(s) - start > 1:
+        entry.run(denoiser, xs[start], s[start:], options, cond=cond, steps=lambda *_: step)
+    return Replay(torch.stack(means), torch.stack(scores))
+
+
 def log_probs(
     name: str,
     denoiser: DenoiserFn,
@@ -145,23 +188,6 @@ def log_probs(
     cond: dict[str, Any] | None = None,
     **options: Any,
 ) -> Tensor:
-    """[N, B] log p(x_{i+1} | x_0..x_i) of the recorded steps under ``denoiser``: each step's mean
-    recomputed from the recorded states (and the sampler's history of them), log N(x_{i+1}; m_i,
-    s_i^2 I), 0 on deterministic steps; the quantity of PPO ratios and DPO losses (Black et al.
-    2023; Wallace et al. 2023). The sampler's NFE; differentiable in the denoiser's parameters."""
-    entry = _entry(name)
-    s = trajectory.sigmas.tolist()
-    xs = trajectory.xs
-    if xs.shape[0] != len(s):
-        raise ValueError(f"trajectory has {xs.shape[0]} states for a grid of {len(s)} levels")
-    start = 1 if math.isinf(s[0]) else 0  # the step from sigma = inf is deterministic
-    scores = [_log_prob(xs[0], xs[0], 0.0)] * (len(s) - 1)
-
-    def step(i: int, mean: Tensor, std: float, fused: bool = False) -> tuple[Tensor, Tensor | None]:
-        x_next = xs[start + i + 1]
-        scores[start + i] = _log_prob(x_next, mean, std)
-        return x_next, (x_next - mean if std != 0 and not fused else None)
-
-    if len(s) - start > 1:
-        entry.run(denoiser, xs[start], s[start:], options, cond=cond, steps=lambda *_: step)
-    return torch.stack(scores)
+    """[N, B] log p(x_{i+1} | x_0..x_i) of the recorded steps under ``denoiser``: the log-probs of
+    :func:`replay`, 0 on deterministic steps (Black et al. 2023; Wallace et al. 2023)."""
+    return replay(name, denoiser, trajectory, cond=cond, **options).log_probs
