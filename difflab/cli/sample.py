@@ -14,7 +14,7 @@ from difflab.cli.exact import EXACT_MODELS, grid_function, sample_exact
 
 __all__ = ["add", "load_model", "parse_labels"]
 
-LABEL_FORMS = "e.g. 0-9, 3, 1,4,7 or all"
+LABEL_FORMS = "e.g. 0-9, 3, 1,4,7, all, or none (the null class)"
 
 
 def add(commands: Any) -> None:
@@ -51,7 +51,8 @@ def add(commands: Any) -> None:
     s.add_argument(
         "--labels",
         default=None,
-        help=f"class labels, cycled over the samples: {LABEL_FORMS} (default: all classes)",
+        help=f"class labels, cycled over the samples: {LABEL_FORMS} (default: all classes); "
+        "none samples a class-conditional model without a label, from its null class",
     )
     s.add_argument(
         "--guidance",
@@ -108,13 +109,19 @@ def add(commands: Any) -> None:
 
 def parse_labels(text: str | None, num_classes: int, model: str) -> list[int] | None:
     """The distinct labels of ``--labels`` ("0-9", "3", "1,4,7", "all"; None = all classes), each
-    checked against the model's classes; None for an unconditional model."""
+    checked against the model's classes; "none": [NULL_LABEL], the null class of classifier-free
+    guidance (Ho & Salimans 2022); None for an unconditional model (which "none" also names)."""
+    from difflab.core.conditioning import NULL_LABEL
+
+    none = text is not None and text.strip() == "none"
     if num_classes == 0:
-        if text is not None:
+        if text is not None and not none:
             raise CliError(f"{model} is unconditional: it takes no --labels")
         return None
     if text is None or text.strip() == "all":
         return list(range(num_classes))
+    if none:
+        return [NULL_LABEL]
     values: list[int] = []
     for part in text.split(","):
         m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
@@ -231,6 +238,8 @@ def _sample_saved(args: argparse.Namespace) -> None:
             f"shape {list(shape)} (use --out x.npz)"
         )
     values = parse_labels(args.labels, model.num_classes, model.name)
+    null = values is not None and values[0] < 0  # --labels none
+    guidance = _null_class_guidance(args, model) if null else args.guidance
     n = args.n or int(model.defaults.get("n", 64))
     labels = None if values is None else [values[i % len(values)] for i in range(n)]
     sampler = args.sampler if args.w2sd is None else _w2sd(args, model)
@@ -241,7 +250,7 @@ def _sample_saved(args: argparse.Namespace) -> None:
             sampler=sampler,
             steps=args.steps,
             schedule=schedule,
-            guidance=args.guidance,
+            guidance=guidance,
             guidance_method=args.guidance_method,
             guidance_rescale=args.guidance_rescale,
             guidance_interval=args.guidance_interval,
@@ -268,15 +277,37 @@ def _sample_saved(args: argparse.Namespace) -> None:
             f", W2SD reflecting {r} steps with {args.w2sd} ({r} of the NFE and {r} {args.w2sd} "
             "evaluations per sample)"
         )
-    classes = "" if values is None else f", labels {_label_text(values)}"
+    classes = (
+        ", without a label (the null class)"
+        if null
+        else ""
+        if values is None
+        else f", labels {_label_text(values)}"
+    )
     summary = (
         f"{model.name}: {n} samples{classes}, {o['sampler']} on the "
         f"{args.schedule or o['schedule']} grid: {o['steps']} steps = {result.nfe} NFE{guided}, "
         f"{result.seconds:.2f} s (model loaded in {loaded:.2f} s)"
     )
-    _write(out, result, model, values, summary)
+    _write(out, result, model, None if null else values, summary)
     print(summary)
     print(f"wrote {out}")
+
+
+def _null_class_guidance(args: argparse.Namespace, model: Any) -> float:
+    """Guidance 1 for samples of the null class, where D(x, y) = D(x) leaves nothing to guide; the
+    model must have trained its null class (label dropout > 0)."""
+    if not model.null_class:
+        raise CliError(
+            f"--labels none samples the null class, but {model.name} was trained with "
+            "label_dropout 0, so its null class is untrained: give class labels"
+        )
+    if args.guidance not in (None, 1):
+        raise CliError(
+            f"--guidance {args.guidance:g} needs class labels: --labels none samples the null "
+            "class, which classifier-free guidance leaves unchanged"
+        )
+    return 1.0
 
 
 def _w2sd(args: argparse.Namespace, model: Any) -> Any:
