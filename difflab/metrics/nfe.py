@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
-from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from difflab import data, sampling
 from difflab.metrics.classifier import mnist_features
 from difflab.metrics.evaluate import check_same_kind, load_reference
 from difflab.metrics.frechet import frechet_from_stats, gaussian_stats
+from difflab.utils.charts import log_x_chart
 from difflab.utils.images import save_png
 
 __all__ = ["NfeRow", "SamplingModel", "bench_nfe", "format_table", "plot_nfe", "steps_for_nfe"]
@@ -152,95 +152,20 @@ def format_table(rows: Sequence[NfeRow]) -> str:
     return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, body)])
 
 
-# ---- the plot: a log-x line chart drawn with Pillow (matplotlib is not a dependency) ----
-
-_COLORS = [  # Tableau 10
-    (31, 119, 180),
-    (255, 127, 14),
-    (44, 160, 44),
-    (214, 39, 40),
-    (148, 103, 189),
-    (140, 86, 75),
-    (227, 119, 194),
-    (127, 127, 127),
-    (188, 189, 34),
-    (23, 190, 207),
-]
-
-
-def _log_ticks(lo: float, hi: float) -> list[float]:
-    """Values m 10^k (m = 1, 2, 5) with log10 in [lo, hi]; only the powers of ten when those are
-    more than ten."""
-    ticks = [
-        (m, m * 10.0**k)
-        for k in range(math.floor(lo) - 1, math.ceil(hi) + 1)
-        for m in (1, 2, 5)
-        if lo - 1e-9 <= math.log10(m * 10.0**k) <= hi + 1e-9
-    ]
-    return [t for m, t in ticks if m == 1 or len(ticks) <= 10]
-
-
-def _linear_ticks(lo: float, hi: float) -> list[float]:
-    """About five round values (1, 2 or 5 times a power of ten apart) in [lo, hi]."""
-    raw = (hi - lo) / 5
-    base = 10.0 ** math.floor(math.log10(raw))
-    step = next(m * base for m in (1, 2, 5, 10) if m * base >= raw)
-    return [k * step for k in range(math.ceil(lo / step), math.floor(hi / step) + 1)]
-
-
-def _span(values: list[float]) -> tuple[float, float]:
-    """An axis range around the values with 5% margins (a unit wide one around a single value)."""
-    lo, hi = min(values), max(values)
-    pad = (hi - lo) * 0.05 if hi > lo else 0.5
-    return lo - pad, hi + pad
-
-
 def plot_nfe(rows: Sequence[NfeRow], path: str | os.PathLike[str], title: str = "") -> None:
     """Write a PNG (atomically) of Fréchet distance against NFE on a log axis, one line per
     sampler; the FD axis is logarithmic too when every FD is positive."""
     if not rows:
         raise ValueError("no rows to plot (no sampler could meet any of the NFE budgets)")
-    samplers = list(dict.fromkeys(r.sampler for r in rows))
-    log_y = all(r.fd > 0 for r in rows)
-    fy = math.log10 if log_y else float
-    xs, ys = _span([math.log10(r.nfe) for r in rows]), _span([fy(r.fd) for r in rows])
-    width, height = 760, 480
-    left, right, top, bottom = 80, width - 190, 40, height - 60
-    font = ImageFont.load_default(size=14)
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-
-    def px(nfe: float, fd: float) -> tuple[float, float]:
-        u = (math.log10(nfe) - xs[0]) / (xs[1] - xs[0])
-        v = (fy(fd) - ys[0]) / (ys[1] - ys[0])
-        return left + u * (right - left), bottom - v * (bottom - top)
-
+    series: dict[str, list[tuple[float, float]]] = {}
+    for r in rows:
+        series.setdefault(r.sampler, []).append((r.nfe, r.fd))
     budgets = sorted({r.nfe for r in rows})
-    for t in budgets if len(budgets) <= 12 else _log_ticks(*xs):  # the budgets, where they fit
-        x, _ = px(t, 10.0 ** ys[0] if log_y else ys[0])
-        draw.line([(x, top), (x, bottom)], fill=(225, 225, 225))
-        draw.text((x, bottom + 6), f"{t:g}", fill="black", font=font, anchor="mt")
-    for t in _log_ticks(*ys) if log_y else _linear_ticks(*ys):
-        _, y = px(10.0 ** xs[0], t)
-        draw.line([(left, y), (right, y)], fill=(225, 225, 225))
-        draw.text((left - 6, y), f"{t:g}", fill="black", font=font, anchor="rm")
-    draw.rectangle([left, top, right, bottom], outline="black")
-    draw.text(
-        ((left + right) / 2, height - 22), "NFE (log scale)", fill="black", font=font, anchor="mm"
+    chart = log_x_chart(
+        series,
+        x_label="NFE",
+        y_label="Frechet distance",  # the font lacks é
+        title=title,
+        x_ticks=budgets if len(budgets) <= 12 else None,  # the budgets, where they fit
     )
-    y_label = "Frechet distance" + (" (log scale)" if log_y else "")  # the font lacks é
-    draw.text((8, top - 22), y_label, fill="black", font=font)
-    if title:
-        draw.text(((left + right) / 2, 10), title, fill="black", font=font, anchor="mt")
-    for i, name in enumerate(samplers):
-        color = _COLORS[i % len(_COLORS)]
-        points = sorted((r.nfe, r.fd) for r in rows if r.sampler == name)
-        xy = [px(nfe, fd) for nfe, fd in points]
-        if len(xy) > 1:
-            draw.line(xy, fill=color, width=2, joint="curve")
-        for x, y in xy:
-            draw.ellipse([x - 3.5, y - 3.5, x + 3.5, y + 3.5], fill=color)
-        ly = top + 8 + 20 * i
-        draw.line([(right + 14, ly), (right + 40, ly)], fill=color, width=3)
-        draw.text((right + 46, ly), name, fill="black", font=font, anchor="lm")
-    save_png(image, path)
+    save_png(chart, path)
