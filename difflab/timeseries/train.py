@@ -6,8 +6,11 @@ name such as "OT", or a list), split by ``data.split`` (ETT's 12 / 4 / 4 months,
 every window of ``model.context + model.horizon`` steps of the training split, standardized per
 column by the training split's statistics (saved with the model). Each batch hides entries by
 ``masks.strategy`` (CSDI's random / block / history masks, Tashiro et al. 2021; "mix" draws one per
-window); the network sees the rest as given entries [x, m g, m], and the loss scores the hidden
-observed entries only:
+window; "none" gives no entry: the unconditional model p(x0) of TSDiff, Kollovieh et al. 2023, for
+:mod:`difflab.timeseries.guidance`, the default of ``data.task = "unconditional"``); the network
+sees the rest as given entries [x, m g, m] (with "none" an empty mask, so its given channels stay
+zero: ``model.given_input = false`` drops them), and the loss scores the hidden observed entries
+only:
 
     L = lambda(sigma) ||D(x0 + sigma eps (1 - m), sigma | m, g) - x0||^2 over entries observed & ~m
 
@@ -29,25 +32,35 @@ from torch import Tensor, nn
 
 from difflab import models
 from difflab.core import processes
-from difflab.data.timeseries import TimeSeries, fit_standardizer, split, training_mask, windows
+from difflab.data.timeseries import (
+    MASK_STRATEGIES,
+    TimeSeries,
+    fit_standardizer,
+    split,
+    training_mask,
+    windows,
+)
 from difflab.timeseries.baselines import DLinear, fit
 from difflab.timeseries.model import SAMPLE_DEFAULTS, TimeSeriesModel, prior_mean
 from difflab.training.checkpoint import Checkpoint
 from difflab.training.config import LOOP_DEFAULTS, extend
 from difflab.training.loop import DataOrder, Task
 from difflab.training.objectives import Objective, denoising_loss
+from difflab.utils.names import check_name
 
-__all__ = ["DEFAULTS", "TASKS", "TimeSeriesTask", "load_series"]
+__all__ = ["DEFAULTS", "STRATEGIES", "TASKS", "TimeSeriesTask", "load_series"]
 
-TASKS = ("forecast", "impute", "both")
-_STRATEGY = {"forecast": "forecast", "impute": "mix", "both": "mix"}
+TASKS = ("forecast", "impute", "both", "unconditional")
+_STRATEGY = {"forecast": "forecast", "impute": "mix", "both": "mix", "unconditional": "none"}
+STRATEGIES = (*MASK_STRATEGIES, "none")
 
 DEFAULTS: dict[str, dict[str, Any]] = extend(
     LOOP_DEFAULTS,
     {
         "run": {"name": "ts", "steps": 4000, "log_every": 100, "checkpoint_every": 500},
         # path: a CSV with a date column and numeric columns; target: "all", a column or a list;
-        # split: auto | ett_hour | ett_minute | fractions; task: forecast | impute | both
+        # split: auto | ett_hour | ett_minute | fractions; task: forecast | impute | both |
+        # unconditional (p(x0) for self-guidance)
         "data": {
             "path": "",
             "date_column": "date",
@@ -68,7 +81,8 @@ DEFAULTS: dict[str, dict[str, Any]] = extend(
             "heads": 8,
             "patch": 8,
         },
-        # strategy: "" = the task's (forecast: history masks; impute / both: mix)
+        # strategy: "" = the task's (forecast: history masks; impute / both: mix; unconditional:
+        # none), or random | block | forecast | mix | none (no given entries)
         "masks": {"strategy": ""},
         "objective": {
             "process": "edm",
@@ -123,8 +137,9 @@ class TimeSeriesTask(Task):
         train = windows(self.splits.train, length, int(data["stride"]))
         self.values = self.standardizer(train.values.float())
         self.observed = train.observed
-        self.prior = self._fit_prior(prior, data["task"], config["run"]["seed"])
         self.strategy = config["masks"]["strategy"] or _STRATEGY[data["task"]]
+        check_name("masks.strategy", self.strategy, STRATEGIES)
+        self.prior = self._fit_prior(prior, data["task"], config["run"]["seed"])
         objective = dict(config["objective"])
         objective["process"] = processes.get(objective["process"])
         self.objective = Objective(**objective)
@@ -138,8 +153,11 @@ class TimeSeriesTask(Task):
             return None
         if kind != "dlinear":
             raise ValueError(f"unknown model.prior {kind!r}; known: none, dlinear")
-        if task != "forecast" or self.window["context"] < 1:
-            raise ValueError("model.prior = 'dlinear' forecasts: it needs data.task = 'forecast'")
+        if task != "forecast" or self.window["context"] < 1 or self.strategy == "none":
+            raise ValueError(
+                "model.prior = 'dlinear' forecasts from given context: it needs data.task = "
+                "'forecast' and masks that give the context"
+            )
         s, c = self.splits, self.window["context"]
         train = self.standardizer(s.train.values).double()
         val = self.standardizer(torch.cat([s.train.values[-c:], s.val.values])).double()
@@ -150,8 +168,10 @@ class TimeSeriesTask(Task):
     def batch(self, size: int, generator: torch.Generator) -> dict[str, Tensor]:
         idx = self.order.next(size)
         x0, observed = self.values[idx], self.observed[idx]
-        context = self.window["context"] or None
-        cond = training_mask(observed, self.strategy, generator, context)
+        if self.strategy == "none":  # the unconditional model: every observed entry a target
+            cond = torch.zeros_like(observed)
+        else:
+            cond = training_mask(observed, self.strategy, generator, self.window["context"] or None)
         draw = self.objective.draw(x0, None, generator)
         eps = torch.where(cond, 0.0, draw.eps)  # given entries carry no noise
         given = torch.where(cond, x0, 0.0)
