@@ -23,3 +23,12 @@ def test_bad_input_is_refused():
         log_x_chart({}, x_label="x", y_label="y")
     with pytest.raises(ValueError, match="needs every x > 0"):
         log_x_chart({"a": [(0, 1.0), (1, 2.0)]}, x_label="x", y_label="y")
+
+
+def test_a_narrow_log_range_still_gets_ticks():
+    """y in [0.86, 0.93] holds no 1, 2, 5 x 10^k: round values evenly apart mark it instead."""
+    image = np.asarray(
+        log_x_chart({"a": [(1, 0.93), (5, 0.86)]}, x_label="x", y_label="y", log_y=True)
+    )
+    grid = (image[:, 100:540] == (225, 225, 225)).all(-1).mean(1) > 0.5  # rows of grid lines
+    assert int(np.diff(grid.astype(int)).clip(0).sum()) >= 2

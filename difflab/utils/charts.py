@@ -44,6 +44,15 @@ def _linear_ticks(lo: float, hi: float) -> list[float]:
     return [k * step for k in range(math.ceil(lo / step), math.floor(hi / step) + 1)]
 
 
+def _ticks(lo: float, hi: float, log: bool) -> list[float]:
+    """Tick values of an axis over [lo, hi] (log10 of the values when ``log``): 1, 2, 5 times powers
+    of ten, or round values evenly apart where fewer than two of those fit."""
+    if not log:
+        return _linear_ticks(lo, hi)
+    ticks = _log_ticks(lo, hi)
+    return ticks if len(ticks) > 1 else [t for t in _linear_ticks(10**lo, 10**hi) if t > 0]
+
+
 def _span(values: list[float]) -> tuple[float, float]:
     """An axis range around the values with 5% margins (a unit wide one around a single value)."""
     lo, hi = min(values), max(values)
@@ -62,7 +71,8 @@ def log_x_chart(
 ) -> Image.Image:
     """A chart of the points (x > 0, y) of each series joined in order of x on a log10 x axis, one
     colour and legend entry per series; y on a log axis too when ``log_y`` (default: when every y
-    is positive). ``x_ticks``: the x values to mark (default: 1, 2, 5 times powers of ten)."""
+    is positive). ``x_ticks``: the x values to mark (default: 1, 2, 5 times powers of ten, or
+    round values on a range too narrow for two of them)."""
     points = [p for values in series.values() for p in values]
     if not points:
         raise ValueError("no points to plot")
@@ -82,11 +92,11 @@ def log_x_chart(
         v = (fy(y) - ys[0]) / (ys[1] - ys[0])
         return left + u * (right - left), bottom - v * (bottom - top)
 
-    for t in _log_ticks(*xs) if x_ticks is None else x_ticks:
+    for t in _ticks(*xs, log=True) if x_ticks is None else x_ticks:
         x, _ = px(t, 10.0 ** ys[0] if log_y else ys[0])
         draw.line([(x, top), (x, bottom)], fill=(225, 225, 225))
         draw.text((x, bottom + 6), f"{t:g}", fill="black", font=font, anchor="mt")
-    for t in _log_ticks(*ys) if log_y else _linear_ticks(*ys):
+    for t in _ticks(*ys, log=log_y):
         _, y = px(10.0 ** xs[0], t)
         draw.line([(left, y), (right, y)], fill=(225, 225, 225))
         draw.text((left - 6, y), f"{t:g}", fill="black", font=font, anchor="rm")
