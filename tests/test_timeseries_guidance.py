@@ -5,15 +5,18 @@ posterior under a noisy observation (GaussianMixture.posterior). Self-guidance i
 approximation: the tests pin how close it gets. Refinement's ELBO energy is -log p up to its cut
 ends, so its ML and LMC reach the exact answers; TSDiff's fixed-sigma energy does not."""
 
+import json
 import math
 
 import pytest
 import torch
-from test_cli_ts import write_csv
+from test_cli_ts import KEYS as CLI_KEYS
+from test_cli_ts import TINY, write_csv
 from test_timeseries_model import tiny_model
 from torch import nn
 
 from difflab import sampling, schedules
+from difflab.cli import main
 from difflab.core import processes
 from difflab.metrics.forecast import coverage, crps, gaussian_crps
 from difflab.restoration import Inpainting, log_likelihood
@@ -343,3 +346,25 @@ def test_unconditional_strategy_refuses_a_prior(tmp_path):
     config["masks"]["strategy"] = "nothing"
     with pytest.raises(ValueError, match=r"unknown masks\.strategy 'nothing'"):
         Trainer(config, tmp_path / "run2", progress=False, task=TimeSeriesTask())
+
+
+def test_cli_trains_an_unconditional_model_and_evaluates_it_self_guided(tmp_path, capsys):
+    """`difflab ts train data.task=unconditional` then `ts eval --self-guidance quantile`: the JSON
+    has the usual keys, the guidance and the DDPM NFE; a scale without a loss is a one-line error."""
+    csv = write_csv(tmp_path / "small.csv")
+    run_dir = tmp_path / "run"
+    train = ["ts", "train", "--config", "configs/ts_ett.toml", "--run-dir", str(run_dir)]
+    assert main([*train, f"data.path={csv}", "data.task=unconditional", *TINY]) == 0
+    assert TimeSeriesModel.load(run_dir).config["training"]["config"]["data"]["task"] == (
+        "unconditional"
+    )
+    out = tmp_path / "scores.json"
+    args = ["ts", "eval", "--model", str(run_dir), "--data", str(csv), "--task", "forecast"]
+    guided = ["--self-guidance", "quantile", "--guidance-scale", "2", "--steps", "2"]
+    assert main([*args, "--samples", "3", *guided, "--no-baselines", "--json", str(out)]) == 0
+    assert "self-guided (quantile)" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert set(result) >= CLI_KEYS and result["nfe"] == 2  # ddpm: one evaluation a step
+    assert result["guidance"] == {"loss": "quantile", "scale": 2.0}
+    assert main([*args, "--guidance-scale", "2"]) == 2
+    assert "--guidance-scale needs --self-guidance" in capsys.readouterr().err

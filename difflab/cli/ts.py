@@ -31,7 +31,8 @@ def add_train(sub: Any) -> None:
         help="train a time-series diffusion model on a CSV",
         description="Train a CSDI-style conditional denoiser on the training split of a CSV of "
         "time-indexed columns (configs/ts_ett.toml), with section.key=value overrides: data.path "
-        "the CSV, data.target all | a column such as OT, data.task forecast | impute | both, "
+        "the CSV, data.target all | a column such as OT, data.task forecast | impute | both "
+        "(or unconditional: no given entries, a model for `ts eval --self-guidance`), "
         "model.context / model.horizon the window, run.steps the budget. Columns are standardized "
         "by the training split (saved with the model). The run folder gets checkpoints/ (a rerun "
         "resumes), metrics.jsonl and, at the end, model/: `difflab ts eval --model DIR` loads it.",
@@ -91,6 +92,19 @@ def add_eval(sub: Any) -> None:
         "--stride", type=int, default=None, help="rows between windows (default: no overlap)"
     )
     e.add_argument("--no-baselines", action="store_true", help="score the model only")
+    e.add_argument(
+        "--self-guidance",
+        choices=("mse", "quantile"),
+        default=None,
+        help="sample an unconditional model (data.task=unconditional) by TSDiff's observation "
+        "self-guidance with this loss (default sampler ddpm, 50 steps)",
+    )
+    e.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help="the self-guidance scale s (default: 1 for mse, 4 for quantile)",
+    )
     _sampler_arguments(e)
     e.add_argument("--json", default=None, help="write the scores to this .json file")
     e.set_defaults(run=run_eval)
@@ -115,6 +129,13 @@ def run_eval(args: argparse.Namespace) -> None:
     if not 0 < args.missing < 1:
         raise CliError(f"--missing must be a fraction in (0, 1), got {args.missing}")
     options = _sampler_options(args)
+    guidance = None
+    if args.self_guidance is not None:
+        guidance = {"loss": args.self_guidance, "scale": args.guidance_scale}
+        if args.guidance_scale is not None and not args.guidance_scale >= 0:
+            raise CliError(f"--guidance-scale must be >= 0, got {args.guidance_scale}")
+    elif args.guidance_scale is not None:
+        raise CliError("--guidance-scale needs --self-guidance mse|quantile")
     out = check_output(args.json, (".json",), "--json") if args.json else None
     model = _load(args.model)
     with user_errors():
@@ -129,9 +150,11 @@ def run_eval(args: argparse.Namespace) -> None:
             seed=args.seed,
             baselines=not args.no_baselines,
             progress=True,
+            guidance=guidance,
             **options,
         )
-    rows = {"diffusion": result, **result.get("baselines", {})}
+    label = "diffusion" if guidance is None else f"self-guided ({args.self_guidance})"
+    rows = {label: result, **result.get("baselines", {})}
     what = f"horizon {result['horizon']}" if args.task == "forecast" else f"missing {args.missing}"
     print(
         f"{args.task}, {what}: {result['windows']} test windows, {args.samples} samples, "

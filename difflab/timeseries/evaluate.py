@@ -10,6 +10,8 @@ papers' convention): CRPS (the samples' exact energy form, and CSDI's quantile f
 MSE / MAE of the median and the coverage of the 50 % / 90 % central intervals
 (:func:`difflab.metrics.forecast.forecast_metrics`). Baselines, fitted on the same training split:
 seasonal naive, DLinear and a Gaussian linear forecaster; linear interpolation and the column mean.
+With ``guidance`` (e.g. {"loss": "quantile", "scale": 4.0}) an unconditional model samples by
+observation self-guidance instead (:func:`difflab.timeseries.guidance.self_guided_sample`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from difflab.timeseries.baselines import (
     forecast_baseline,
     impute_baseline,
 )
+from difflab.timeseries.guidance import GUIDED_STEPS, self_guided_sample
 from difflab.timeseries.model import TimeSeriesModel
 
 __all__ = ["TASKS", "Problem", "evaluate", "problem", "read_splits"]
@@ -132,11 +135,13 @@ def evaluate(
     baselines: bool = True,
     batch_windows: int = 8,
     progress: bool = False,
+    guidance: dict[str, Any] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """Scores of ``model`` (``samples`` paths per window, sampler ``options``) and of the baselines
-    on the test split (module docstring): {"crps", "crps_quantile", "crps_sum", "mse", "mae",
-    "coverage_50", "coverage_90", "windows", "nfe", "seconds", "baselines": {name: scores}}."""
+    """Scores of ``model`` (``samples`` paths per window, sampler ``options``; self-guided with
+    ``guidance``'s loss and scale when given) and of the baselines on the test split (module
+    docstring): {"crps", "crps_quantile", "crps_sum", "mse", "mae", "coverage_50", "coverage_90",
+    "windows", "nfe", "seconds", "baselines": {name: scores}} (and "guidance")."""
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     splits = read_splits(model, data)
@@ -151,18 +156,28 @@ def evaluate(
         if task == "forecast":  # pad a shorter horizon to the model's window
             pad = model.length - window[0].shape[1]
             window = tuple(torch.nn.functional.pad(v, (0, 0, 0, pad)) for v in window)
-        out = model.sample(*window, samples, generator=generator, **options)
+        if guidance is None:
+            out = model.sample(*window, samples, generator=generator, **options)
+        else:
+            out = self_guided_sample(
+                model, *window, samples, generator=generator, **guidance, **options
+            )
         paths.append(out[:, :, : p.values.shape[1]])
     seconds = time.perf_counter() - start
+    sampler, steps = options.get("sampler"), options.get("steps")
+    if guidance is not None:  # self-guidance's defaults: TSDiff's DDPM steps
+        sampler, steps = sampler or "ddpm", steps or GUIDED_STEPS
     paths = model.standardizer(torch.cat(paths, dim=1).float()).double()
     result: dict[str, Any] = {
         "task": task,
         "windows": len(p.values),
         "samples": samples,
-        "nfe": model.nfe(options.get("sampler"), options.get("steps")),
+        "nfe": model.nfe(sampler, steps),
         "seconds": seconds,
         **forecast_metrics(paths, p.values, p.target),
     }
+    if guidance is not None:
+        result["guidance"] = dict(guidance)
     if task == "forecast":
         result["horizon"] = p.values.shape[1] - model.window["context"]
     else:
