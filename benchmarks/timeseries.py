@@ -7,7 +7,10 @@ by side, on the test split, standardized by the training split's statistics.
     .venv/bin/python benchmarks/timeseries.py --steps 200 --samples 8 --stride 480   # a quick look
 
 One model trained with task "both" (history, random and block masks) serves every row: a forecast at
-horizon 24 is the first 24 steps of its 96. Scores: CRPS (exact, of the samples), CRPS-sum, MSE / MAE
+horizon 24 is the first 24 steps of its 96. Beside it, "self-guided (unconditional model)": a second
+model of the same size trained with task "unconditional" (no given entries, its own run folder)
+forecasts and imputes by TSDiff's observation self-guidance (Kollovieh et al. 2023; quantile loss at
+s = 4, 50 DDPM steps, each with a backward pass). Scores: CRPS (exact, of the samples), CRPS-sum, MSE / MAE
 of the median, coverage of the 90 % interval; point baselines have CRPS = MAE. Baselines (fitted on
 the same training split, early-stopped on the validation split): seasonal naive (24 h), DLinear
 (Zeng et al. 2023), a Gaussian linear model; linear interpolation and the column mean. Wall times:
@@ -32,16 +35,17 @@ from difflab.training.loop import run
 KEYS = ("crps", "crps_sum", "mse", "mae", "coverage_90")
 
 
-def trained(args: argparse.Namespace) -> tuple[TimeSeriesModel, float]:
-    """The benchmark's model, trained now unless --run holds it; (model, training wall seconds)."""
-    timing = args.run / "wall_seconds.json"
-    if not (args.run / "model" / "model.safetensors").is_file():
+def trained(args: argparse.Namespace, folder: Path, *extra: str) -> tuple[TimeSeriesModel, float]:
+    """A benchmark model (config overrides ``extra``), trained now unless ``folder`` holds it;
+    (model, training wall seconds)."""
+    timing = folder / "wall_seconds.json"
+    if not (folder / "model" / "model.safetensors").is_file():
         start = time.perf_counter()
         overrides = [f"data.path={args.data}", f"run.steps={args.steps}", "run.tensorboard=false"]
-        run(TimeSeriesTask(), "configs/ts_ett.toml", overrides, args.run, progress=True)
+        run(TimeSeriesTask(), "configs/ts_ett.toml", [*overrides, *extra], folder, progress=True)
         timing.write_text(json.dumps(time.perf_counter() - start))
     seconds = json.loads(timing.read_text()) if timing.is_file() else math.nan
-    return TimeSeriesModel.load(args.run), seconds
+    return TimeSeriesModel.load(folder), seconds
 
 
 def main() -> None:
@@ -53,16 +57,36 @@ def main() -> None:
     p.add_argument("--sampler", default="dpmpp_2m")
     p.add_argument("--nfe", type=int, default=20, help="sampler steps (DPM-Solver++(2M): NFE)")
     p.add_argument("--stride", type=int, default=None, help="rows between forecast windows")
+    p.add_argument("--run-unconditional", type=Path, default=Path("runs/bench_ts_unconditional"))
+    p.add_argument(
+        "--guidance",
+        choices=("quantile", "mse", "none"),
+        default="quantile",
+        help="the unconditional model's self-guidance loss (none: leave its rows out)",
+    )
+    p.add_argument("--guided-nfe", type=int, default=50, help="its DDPM steps")
     p.add_argument("--plot", type=Path, default=Path("docs/timeseries_forecast.png"))
     p.add_argument("--json", type=Path, default=None, help="also write every row here")
     args = p.parse_args()
-    model, train_s = trained(args)
+    model, train_s = trained(args, args.run)
     options = {"sampler": args.sampler, "steps": args.nfe, "samples": args.samples}
+    unconditional, unconditional_s = None, math.nan
+    if args.guidance != "none":
+        unconditional, unconditional_s = trained(
+            args, args.run_unconditional, "data.task=unconditional"
+        )
+    guided = {"guidance": {"loss": args.guidance}, "sampler": "ddpm", "steps": args.guided_nfe}
+    samples = {"samples": args.samples}
+    guided_name = "self-guided (unconditional model)"
+    guided_note = (
+        f"; self-guided ({args.guidance}): {args.guided_nfe} DDPM steps, unconditional model "
+        f"trained {unconditional_s:.0f} s"
+    )
     problems = [("forecast", {"horizon": h, "stride": args.stride}) for h in (24, 96)]
     problems += [("impute", {"missing": m}) for m in (0.1, 0.5, 0.9)]
     print(
         f"ETTh1, 7 columns, test split; diffusion: {model.nfe(args.sampler, args.nfe)} NFE, "
-        f"{args.samples} samples; trained {train_s:.0f} s\n"
+        f"{args.samples} samples; trained {train_s:.0f} s{guided_note if unconditional else ''}\n"
     )
     print(f"| task | method | {' | '.join(KEYS)} | sampling s |")
     print("| --- | --- |" + " --- |" * (len(KEYS) + 1))
@@ -70,13 +94,18 @@ def main() -> None:
     for task, setting in problems:
         r = evaluate(model, args.data, task, **setting, **options)
         label = f"forecast {r['horizon']}" if task == "forecast" else f"impute {r['missing']:.0%}"
-        for name, scores in {"diffusion": r, **r["baselines"]}.items():
+        rows = {"diffusion": r}
+        if unconditional is not None:
+            rows[guided_name] = evaluate(
+                unconditional, args.data, task, **setting, **guided, **samples, baselines=False
+            )
+        for name, scores in {**rows, **r["baselines"]}.items():
             cells = " | ".join(f"{scores[k]:.4f}" for k in KEYS)
-            seconds = f"{r['seconds']:.0f}" if name == "diffusion" else ""
+            seconds = f"{rows[name]['seconds']:.0f}" if name in rows else ""
             print(
                 f"| {label} ({r['windows']} windows) | {name} | {cells} | {seconds} |", flush=True
             )
-        results.append({"label": label, **r})
+        results.append({"label": label, **r, "self_guided": rows.get(guided_name)})
         if args.json:
             args.json.write_text(json.dumps(results, indent=1))
     series = TimeSeries.read_csv(args.data).select(list(model.columns))
