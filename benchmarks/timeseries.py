@@ -10,12 +10,12 @@ One model trained with task "both" (history, random and block masks) serves ever
 horizon 24 is the first 24 steps of its 96. Beside it, "self-guided (unconditional model)": a second
 model of the same size trained with task "unconditional" (no given entries, its own run folder)
 forecasts and imputes by TSDiff's observation self-guidance (Kollovieh et al. 2023; quantile loss at
-s = 4, 50 DDPM steps, each with a backward pass). Scores: CRPS (exact, of the samples), CRPS-sum, MSE / MAE
-of the median, coverage of the 90 % interval; point baselines have CRPS = MAE. Baselines (fitted on
-the same training split, early-stopped on the validation split): seasonal naive (24 h), DLinear
-(Zeng et al. 2023), a Gaussian linear model; linear interpolation and the column mean. Wall times:
-training the model, and sampling each row. Writes docs/timeseries_forecast.png (a fan chart of a
-test window).
+s = 4, 50 DDPM steps, each with a backward pass). Scores: CRPS (exact, of the samples), CRPS-sum,
+MSE / MAE of the median, coverage of the 90 % interval; point baselines have CRPS = MAE. Baselines
+(fitted on the same training split, early-stopped on the validation split): seasonal naive (24 h),
+DLinear (Zeng et al. 2023), a Gaussian linear model; linear interpolation and the column mean. Wall
+times: training the model, and sampling each row. Writes docs/timeseries_forecast.png (a fan chart
+of a test window).
 """
 
 from __future__ import annotations

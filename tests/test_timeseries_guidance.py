@@ -1,7 +1,7 @@
 """Forecasting with an unconditional model (difflab.timeseries.guidance; TSDiff, Kollovieh et al.
-2023) against the exact stationary AR(1): its unconditional denoiser E[x0 | x] over flattened windows
-is closed-form (AR1.gaussian), and so are the forecast it should give (AR1.conditional) and the
-posterior under a noisy observation (GaussianMixture.posterior). Self-guidance is a biased
+2023) against the exact stationary AR(1): its unconditional denoiser E[x0 | x] over flattened
+windows is closed-form (AR1.gaussian), and so are the forecast it should give (AR1.conditional) and
+the posterior under a noisy observation (GaussianMixture.posterior). Self-guidance is a biased
 approximation: the tests pin how close it gets. Refinement's ELBO energy is -log p up to its cut
 ends, so its ML and LMC reach the exact answers; TSDiff's fixed-sigma energy does not. Then the
 unconditional training task (data.task = unconditional), a small CSDI trained by it forecasting
@@ -197,7 +197,8 @@ def refined(method, steps, step_size, sigma, scale=math.inf, windows=32, samples
 def test_ml_refinement_from_zeros_reaches_the_exact_conditional_mean():
     """300 steps of 0.05 on the ELBO energy from a zero forecast: relative mean error 0.012 (from
     1.0), with the given entries held; with a soft observation term (s = 2) it reaches the exact
-    posterior under y_obs ~ N(x_obs, I / 4) instead (0.010). TSDiff's fixed sigma = 1 stops at 0.22."""
+    posterior under y_obs ~ N(x_obs, I / 4) instead (0.010). TSDiff's fixed sigma = 1 stops at
+    0.22."""
     paths, ar, values, given, mean, _ = refined("ml", 300, 0.05, (0.02, 20.0))
     hidden = ~given
     assert relative_error(torch.zeros_like(paths), mean, hidden) == 1.0
@@ -218,9 +219,9 @@ def test_ml_refinement_from_zeros_reaches_the_exact_conditional_mean():
 
 
 def test_lmc_refinement_samples_the_exact_conditional():
-    """1000 Langevin steps of 0.02 (noise 1) on the ELBO energy from zeros: 64 chains per window whose
-    variances average 1.04 of the exact conditional's and whose means are off by 0.97 Monte-Carlo
-    standard errors (RMS). TSDiff's fixed sigma = 1 gives 2.7 times the variance."""
+    """1000 Langevin steps of 0.02 (noise 1) on the ELBO energy from zeros: 64 chains per window
+    whose variances average 1.04 of the exact conditional's and whose means are off by 0.97
+    Monte-Carlo standard errors (RMS). TSDiff's fixed sigma = 1 gives 2.7 times the variance."""
     paths, _, _, given, mean, var = refined("lmc", 1000, 0.02, (0.02, 20.0))
     hidden, samples = ~given, len(paths)
     ratio = (paths.var(0)[hidden] / var[hidden]).mean().item()
@@ -352,7 +353,8 @@ def test_unconditional_strategy_refuses_a_prior(tmp_path):
 
 def test_cli_trains_an_unconditional_model_and_evaluates_it_self_guided(tmp_path, capsys):
     """`difflab ts train data.task=unconditional` then `ts eval --self-guidance quantile`: the JSON
-    has the usual keys, the guidance and the DDPM NFE; a scale without a loss is a one-line error."""
+    has the usual keys, the guidance and the DDPM NFE; a scale without a loss is a one-line
+    error."""
     csv = write_csv(tmp_path / "small.csv")
     run_dir = tmp_path / "run"
     train = ["ts", "train", "--config", "configs/ts_ett.toml", "--run-dir", str(run_dir)]
@@ -373,7 +375,7 @@ def test_cli_trains_an_unconditional_model_and_evaluates_it_self_guided(tmp_path
 
 
 def train_unconditional(tmp_path, steps):
-    """A 16-channel CSDI trained unconditionally on 8-step windows of one AR(1) column (6000 rows)."""
+    """A 16-channel CSDI trained unconditionally on 8-step windows of AR(1) (6000 rows)."""
     x = AR1(PHI).sample(1, 6000, torch.Generator().manual_seed(0))[0, :, 0]
     csv = tmp_path / "ar1.csv"
     csv.write_text("x\n" + "".join(f"{v:.6f}\n" for v in x.tolist()))

@@ -1,6 +1,6 @@
-"""Forecasting and imputation with an unconditional model of windows p(x0): observation self-guidance
-and refinement by the model's implicit density (TSDiff; Kollovieh et al. 2023, "Predict, Refine,
-Synthesize").
+"""Forecasting and imputation with an unconditional model of windows p(x0): observation
+self-guidance and refinement by the model's implicit density (TSDiff; Kollovieh et al. 2023,
+"Predict, Refine, Synthesize").
 
     paths = self_guided_sample(model, values, given, 50, loss="quantile", scale=4.0)
     better = refine(model, paths, values, given, method="lmc", steps=50)
@@ -12,7 +12,7 @@ quantile loss max(q e, (q - 1) e), e = y - D, sample path i of S at level q_i = 
 ("quantile": the paths spread like the quantiles of the forecast). Through Tweedie's formula
 D = x + sigma^2 grad log p, the guided score is the denoiser
 
-    D_s(x, sigma) = D(x, sigma) - s sigma^2 grad_x L(y_obs, D(x, sigma)_obs)           (:func:`self_guided`)
+    D_s(x, sigma) = D(x, sigma) - s sigma^2 grad_x L(y_obs, D(x, sigma)_obs)   (:func:`self_guided`)
 
 which is :func:`difflab.guidance.reward_guidance` with the reward -L at lambda = s, so any sampler
 runs it on any grid. TSDiff's DDPM step adds s beta~_t grad(-L) to the VP state; in
@@ -35,10 +35,12 @@ w = 1 (their eps-loss ||eps_theta - eps||^2 equals the first term), or, with sig
 [sigma_min, sigma_max] and w = ln(sigma_max / sigma_min), an unbiased estimate of
 1/2 int E||D - y||^2 d(sigma^-2), the continuous-time ELBO (Kingma et al. 2021), which is
 -log p(y) + const for the exact denoiser up to the cut ends (TSDiff's fixed sigma is not: on a
-Gaussian its exp(-E) has at least twice the variance). "ml" descends it, y <- y - eta grad E (TSDiff's most-likely refiner, plain SGD);
-"lmc" is Langevin Monte Carlo, y <- y - eta grad E + sqrt(2 eta) gamma xi, whose stationary density
-is exp(-E / gamma^2) (gamma = 1: the model's p(y | y_obs); TSDiff uses 0.1). s = inf holds the given
-entries at their values: the exact conditional, the limit of the observation term.
+Gaussian its exp(-E) has at least twice the variance). "ml" descends it, y <- y - eta grad E
+(TSDiff's most-likely refiner, plain SGD); "lmc" is Langevin Monte Carlo,
+y <- y - eta grad E + sqrt(2 eta) gamma xi, whose stationary density is exp(-E / gamma^2)
+(gamma = 1: the model's p(y | y_obs); TSDiff uses 0.1). s = inf holds the given entries at their
+values: the exact conditional, the limit of the observation term (a model's s and L are in its
+standardized units).
 
 A :class:`TimeSeriesModel` is used through its unconditional denoiser (no mask: the network sees an
 empty one; train it with ``masks.strategy = "none"``) on standardized values, in and out in the
@@ -75,9 +77,9 @@ __all__ = [
 
 LOSSES = ("mse", "quantile")
 METHODS = ("ml", "lmc")
-# TSDiff guides DDPM (ancestral) steps. On the exact AR(1) forecast, 50 of them leave the variance of
-# mean-square guided paths 5-13 % narrow, 20 of them 25-32 %; a deterministic sampler (dpmpp_2m, the
-# models' default) doubles the error of the mean
+# TSDiff guides DDPM (ancestral) steps. On the exact AR(1) forecast, 50 of them leave the variance
+# of mean-square guided paths 5-13 % narrow, 20 of them 25-32 %; a deterministic sampler (dpmpp_2m,
+# the models' default) doubles the error of the mean
 GUIDED_STEPS = 50
 # the scale s when none is given: on the exact AR(1) forecast, mean-square guidance's mean error is
 # smallest near s = 1, and quantile guidance's 50 / 90 % intervals hold 51 / 90 % of the exact
