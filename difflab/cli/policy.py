@@ -138,6 +138,12 @@ def add_eval(sub: Any) -> None:
     e.add_argument("--sampler", default=None, help="any difflab sampler (default: the model's)")
     e.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
     e.add_argument("--schedule", default=None, help="step grid (default: the model's)")
+    e.add_argument(
+        "--sigma-min",
+        type=float,
+        default=None,
+        help="the grid's last level before 0 (default: the model's)",
+    )
     e.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight")
     e.add_argument("--streaming", action="store_true", help="streaming denoising, 1 NFE / action")
     e.add_argument("--num-envs", type=int, default=50, help="episodes run together (default 50)")
@@ -160,7 +166,7 @@ def run_eval(args: argparse.Namespace) -> None:
     out = check_output(args.json, (".json",), "--json") if args.json else None
     options = {
         k: getattr(args, k)
-        for k in ("sampler", "steps", "schedule", "guidance")
+        for k in ("sampler", "steps", "schedule", "sigma_min", "guidance")
         if getattr(args, k) is not None
     }
     with env_errors():

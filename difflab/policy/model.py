@@ -41,12 +41,15 @@ __all__ = ["METHODS", "SAMPLE_DEFAULTS", "TYPE", "PolicyModel", "policy_folder"]
 
 TYPE = "policy"
 METHODS = ("diffusion", "ddpm", "mse")
+# sigma_min 0.1, not EDM's image default 0.002: a grid's last interval sigma_min -> 0 costs one
+# NFE, which at 0.002 changes nothing (Karras at 2 steps is [80, 0.002, 0], in effect 1 NFE); on
+# held-out MetaWorld episodes (seed 2000) 2-NFE success rose from 0.74-0.92 to 0.98-1.00 with it
 SAMPLE_DEFAULTS: dict[str, Any] = {
     "sampler": "heun",
     "schedule": "karras",
     "steps": 5,
     "guidance": 1.0,
-    "sigma_min": 0.0,
+    "sigma_min": 0.1,
     "sigma_max": 0.0,
 }
 _KEYS = ("network", "parameterization", "method", "horizons", "dims", "env", "sample")
@@ -112,16 +115,20 @@ class PolicyModel(nn.Module):
 
     # ------------------------------------------------------------------------------ sampling
 
-    def grid(self, steps: int | None = None, schedule: str | None = None) -> Tensor:
+    def grid(
+        self, steps: int | None = None, schedule: str | None = None, sigma_min: float | None = None
+    ) -> Tensor:
         """sigma_0 > ... > sigma_steps = 0: the grid ``schedule`` (default: the sampling
-        defaults') with ``steps`` intervals between the defaults' (or the process's) noise levels."""
+        defaults') with ``steps`` intervals between ``sigma_min`` (default: the defaults', or the
+        process's) and the defaults' (or the process's) sigma_max."""
         d = self.sample_defaults
         steps = int(d["steps"] if steps is None else steps)
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
+        low = d["sigma_min"] if sigma_min is None else sigma_min
         return schedules.get(schedule or d["schedule"])(
             steps,
-            d["sigma_min"] or None,
+            low or None,
             d["sigma_max"] or None,
             process=self.parameterization.process,
         )
@@ -160,6 +167,7 @@ class PolicyModel(nn.Module):
         sampler: str | None = None,
         steps: int | None = None,
         schedule: str | None = None,
+        sigma_min: float | None = None,
         guidance: float | None = None,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ) -> Tensor:
@@ -183,7 +191,7 @@ class PolicyModel(nn.Module):
             train_steps = self.parameterization.process.num_train_timesteps
             a0 = scheduler_sample(self.network, name, steps, train_steps, z, context, generator)
             return self.act_normalizer.unnormalize(a0)
-        sigmas = self.grid(steps, schedule)
+        sigmas = self.grid(steps, schedule, sigma_min)
         start = float(sigmas[0])
         x = z * start if math.isfinite(start) else z
         den = self.guided(float(d["guidance"] if guidance is None else guidance))

@@ -227,9 +227,8 @@ class PolicyTask(Task):
         self.z, self.actions = z, torch.cat(pairs)
         self.student_grid = self.trainer.config["sample"]
         self.order = DataOrder(n, self.trainer.config["run"]["seed"])
-        self.levels = GridLevels(
-            teacher.grid(int(self.student_grid["steps"]), self.student_grid["schedule"])
-        )
+        steps, schedule = int(self.student_grid["steps"]), self.student_grid["schedule"]
+        self.levels = GridLevels(teacher.grid(steps, schedule, self.student_grid["sigma_min"]))
         net = models.build(teacher.network.config)
         net.load_state_dict(teacher.network.state_dict())
         return net
