@@ -499,7 +499,7 @@ class Distillation(Task):
             self.objective,
             described,
             settings,
-            training={"config": t.config, "steps": t.step, "command": t.command},
+            training=t.record,
             extra={
                 "distillation": {
                     "method": self.name,

@@ -667,7 +667,7 @@ class FinetuneTask(Task):
             "base_digest": self.base_digest,
             "steps": t.step,
         }
-        training = {"config": t.config, "steps": t.step, "command": t.command}
+        training = t.record
         if not self.lora:
             return [self._save_model(t.run_dir / "model", net, record, training)]
         out = [

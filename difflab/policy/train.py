@@ -26,7 +26,6 @@ folder (:class:`~difflab.policy.model.PolicyModel`).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -293,12 +292,7 @@ class PolicyTask(Task):
         """``model/``: the EMA network with its parameterization, normalizers and horizons."""
         t = self.trainer
         method = "diffusion" if self.method == "reflow" else self.method
-        training = {
-            "config": t.config,
-            "steps": t.step,
-            "command": t.command,
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
+        training = t.record
         policy = PolicyModel(
             t.ema.model,
             self.objective.parameterization,

@@ -178,7 +178,7 @@ class TextTask(Task):
             schedule=self.masking.name,
             tokenizer=self.tokenizer,
             sample=t.config["sample"],
-            training={"config": t.config, "steps": t.step, "command": t.command},
+            training=t.record,
         )
         return [folder]
 

@@ -23,7 +23,6 @@ Export:
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -216,12 +215,7 @@ class TimeSeriesTask(Task):
     def export(self) -> list[Path]:
         """``model/``: the EMA network with its parameterization, standardizer and window."""
         t = self.trainer
-        training = {
-            "config": t.config,
-            "steps": t.step,
-            "command": t.command,
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
+        training = t.record
         model = TimeSeriesModel(
             t.ema.model,
             self.objective.parameterization,

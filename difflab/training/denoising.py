@@ -234,7 +234,7 @@ class Denoising(Task):
         """``model/``: the EMA network, its parameterization and data, the sampling defaults of
         [sample] and how it was trained."""
         t = self.trainer
-        training = {"config": t.config, "steps": t.step, "command": t.command}
+        training = t.record
         config = diffusion_model_config(
             t.ema.model, self.objective, self.data, t.config["sample"], training
         )

@@ -317,6 +317,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
 
+    @property
+    def record(self) -> dict[str, Any]:
+        """The training record an exported model keeps: the full config, the steps run and the
+        command that reproduces the run."""
+        return {"config": self.config, "steps": self.step, "command": self.command}
+
     def save(self) -> Path:
         """A checkpoint of everything the run needs to continue exactly (rank 0 writes)."""
         path = None
