@@ -20,7 +20,6 @@ extra (MetaWorld) and diffusers (the DDPM/DDIM rows).
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
 import multiprocessing
@@ -29,10 +28,10 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw, ImageFont
 
 from difflab.policy import PolicyModel, PolicyTask, evaluate
 from difflab.training.loop import run
+from difflab.utils.charts import log_x_chart
 from difflab.utils.images import save_png
 
 TASKS = ("reach", "button-press-topdown", "drawer-close", "push", "pick-place")
@@ -130,52 +129,16 @@ def bench_task(env: str, args: argparse.Namespace) -> list[dict]:
 
 def plot(results: dict[str, list[dict]], path: Path) -> None:
     """Success against NFE per chunk (log axis), one line per task."""
-    width, height, left, right, top, bottom = 760, 440, 70, 560, 30, 380
-    image = Image.new("RGB", (width, height), "white")
-    draw, font = ImageDraw.Draw(image), ImageFont.load_default(size=14)
-    lo, hi = math.log2(min(NFES)), math.log2(max(NFES))
-
-    def px(nfe, s):
-        return (
-            left + (math.log2(nfe) - lo) / (hi - lo) * (right - left),
-            bottom - s * (bottom - top),
-        )
-
-    for nfe in NFES:
-        x, _ = px(nfe, 0)
-        draw.line([(x, top), (x, bottom)], fill=(225, 225, 225))
-        draw.text((x, bottom + 6), str(nfe), fill="black", font=font, anchor="mt")
-    for s in (0, 0.25, 0.5, 0.75, 1.0):
-        _, y = px(1, s)
-        draw.line([(left, y), (right, y)], fill=(225, 225, 225))
-        draw.text((left - 6, y), f"{s:.2f}", fill="black", font=font, anchor="rm")
-    colors = [
-        (31, 119, 180),
-        (255, 127, 14),
-        (44, 160, 44),
-        (214, 39, 40),
-        (148, 103, 189),
-        (140, 86, 75),
-    ]
-    labels = []
-    for (env, rows), color in zip(results.items(), colors):
-        points = [px(r["nfe_per_chunk"], r["success_rate"]) for r in rows if r.get("sweep")]
-        draw.line(points, fill=color, width=3)
-        labels.append([points[-1][1], env.split("/")[-1], color])
-    labels.sort(key=lambda label: label[0])
-    for above, below in itertools.pairwise(labels):  # lines ending together: labels 16 px apart
-        below[0] = max(below[0], above[0] + 16)
-    for y, name, color in labels:
-        draw.text((right + 12, y), name, fill=color, font=font, anchor="lm")
-    draw.text(
-        ((left + right) / 2, height - 20),
-        "NFE per action chunk",
-        fill="black",
-        font=font,
-        anchor="mm",
+    series = {
+        env.split("/")[-1]: [
+            (r["nfe_per_chunk"], r["success_rate"]) for r in rows if r.get("sweep")
+        ]
+        for env, rows in results.items()
+    }
+    chart = log_x_chart(
+        series, x_label="NFE per action chunk", y_label="success rate", log_y=False, x_ticks=NFES
     )
-    draw.text((left, 12), "success rate", fill="black", font=font, anchor="lm")
-    save_png(image, path)
+    save_png(chart, path)
 
 
 def targets(means: dict[str, float]) -> None:
